@@ -1,0 +1,243 @@
+"""``mailcarrier``: set up, serve, and look at messages and the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mailcarrier.settings import Settings, SettingsError, load_settings
+from mailcarrier.storage.db import Database
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="mailcarrier: a self-hosted email sending service.")
+messages_app = typer.Typer(no_args_is_help=True, help="Messages and their statuses.")
+queue_app = typer.Typer(help="The delivery queue: list, retry, purge.")
+app.add_typer(messages_app, name="messages")
+app.add_typer(queue_app, name="queue")
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        db = Database(settings.database_url_resolved)
+        try:
+            await db.migrate()
+            return await work(db)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except OSError as exc:
+        err.print(f"[red]cannot open the database:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def init(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    only_if_new: Annotated[bool, typer.Option(
+        "--only-if-new", help="Do nothing when the set-up already exists.")] = False,
+) -> None:
+    """Create what one needs to send (again: only a fresh client secret)."""
+    from mailcarrier.bootstrap import initialize, is_initialized
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if only_if_new and _with_db(settings, is_initialized):
+        err.print("mailcarrier is already set up; `mailcarrier init` prints a fresh "
+                  "SMTP password")
+        return
+    result = _with_db(settings, lambda db: initialize(settings, db))
+    if as_json:
+        _print_json(result)
+        return
+    smtp = result["smtp"]
+    table = Table(title="mailcarrier is set up", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("resource", result["resource"]),
+        ("sender address", result["senderAddress"]),
+        ("SMTP host", f"{smtp['host']} port {smtp['port']} (STARTTLS), "
+                      f"{smtp['tlsPort']} (TLS)"),
+        ("SMTP username", smtp["username"]),
+        ("SMTP password", smtp["password"]),
+        ("connection string", result["connectionString"]),
+        ("CA certificate", str(result["caCertificate"])),
+        ("application", f"client id {result['application']['clientId']}, "
+                        f"tenant id {result['application']['tenantId']}"),
+        ("DKIM record", f"{result['dkim']['name']} TXT {result['dkim']['value']}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    console.print(
+        "The password is shown only now; run [bold]mailcarrier init[/bold] again "
+        "for a fresh one."
+    )
+
+
+@app.command()
+def serve(
+    roles: Annotated[str, typer.Option(help="Roles to run, comma-separated.")] = "",
+    workers: Annotated[int, typer.Option(help="Worker processes (0 = CPUs).")] = -1,
+) -> None:
+    """Run the service (every role, one worker process per CPU)."""
+    from mailcarrier.runtime import ALL_ROLES, StartupError, configure_logging
+    from mailcarrier.runtime import serve as run_service
+
+    overrides: dict[str, Any] = {}
+    if workers >= 0:
+        overrides["workers"] = workers
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_level)
+    chosen = tuple(r.strip() for r in roles.split(",") if r.strip()) or ALL_ROLES
+    try:
+        run_service(settings, chosen)
+    except StartupError as exc:
+        err.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (serve does this too)."""
+    settings = _settings()
+
+    async def noop(_db: Database) -> None:
+        return None
+
+    _with_db(settings, noop)
+    console.print("database is up to date")
+
+
+@messages_app.command("list")
+def messages_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    status: Annotated[str, typer.Option(help="Only messages in this status.")] = "",
+    limit: Annotated[int, typer.Option(min=1, max=100000)] = 100,
+) -> None:
+    """The newest messages with their recipients' statuses."""
+    from mailcarrier.messages import list_messages
+
+    settings = _settings()
+    found = _with_db(settings, lambda db: list_messages(db, status=status or None,
+                                                        limit=limit))
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("id", "status", "sender", "recipients")
+    for item in found:
+        summary = ", ".join(f"{r['address']} {r['status']}" for r in item["recipients"])
+        table.add_row(item["id"], item["status"], item["senderAddress"], summary)
+    console.print(table)
+
+
+@messages_app.command("show")
+def messages_show(
+    message_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """One message with every recipient's status and the remote replies."""
+    from mailcarrier.messages import show_message
+
+    settings = _settings()
+    found = _with_db(settings, lambda db: show_message(db, message_id))
+    if found is None:
+        err.print(f"no message {message_id}")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(found)
+        return
+    console.print(f"[bold]{found['id']}[/bold] {found['status']} "
+                  f"from {found['senderAddress']}")
+    table = Table("recipient", "status", "attempts", "code", "host", "response")
+    for r in found["recipients"]:
+        table.add_row(r["address"], r["status"], str(r["attempts"]),
+                      f"{r['smtpStatusCode'] or ''} {r['enhancedSmtpStatusCode'] or ''}",
+                      r["remoteHost"] or "", r["response"] or "")
+    console.print(table)
+
+
+@queue_app.callback(invoke_without_command=True)
+def queue_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    state: Annotated[str, typer.Option(help="ready, leased or held")] = "",
+) -> None:
+    """List queue entries not yet done."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mailcarrier.delivery.queue import queue_entries
+
+    settings = _settings()
+    rows = _with_db(settings, lambda db: queue_entries(db, state=state or None))
+    items = [
+        {"id": r.id, "messageId": r.message_id, "domain": r.domain, "state": r.state,
+         "attempts": r.attempts, "nextAttemptAt": r.next_attempt_at,
+         "leaseOwner": r.lease_owner, "lastError": r.last_error,
+         "mailFrom": r.mail_from}
+        for r in rows
+    ]
+    if as_json:
+        _print_json(items)
+        return
+    table = Table("id", "message", "domain", "state", "attempts", "next", "last error")
+    for i in items:
+        wait = max(0, int(i["nextAttemptAt"] - time.time()))
+        table.add_row(i["id"], i["messageId"], i["domain"], i["state"],
+                      str(i["attempts"]), f"in {wait}s", i["lastError"] or "")
+    console.print(table)
+    console.print(f"{len(items)} entries")
+
+
+@queue_app.command("retry")
+def queue_retry(
+    ids: Annotated[list[str] | None, typer.Argument(
+        help="Queue entry or message ids; none = every waiting or held entry.")] = None,
+) -> None:
+    """Make waiting or held entries due now (releases quarantined messages)."""
+    from mailcarrier.delivery.queue import retry_now
+
+    settings = _settings()
+    count = _with_db(settings, lambda db: retry_now(db, ids or [], now=time.time()))
+    console.print(f"{count} entries will be tried now")
+
+
+@queue_app.command("purge")
+def queue_purge(
+    ids: Annotated[list[str], typer.Argument(help="Queue entry or message ids.")],
+) -> None:
+    """Remove entries from the queue; their recipients end as Failed."""
+    from mailcarrier.delivery.queue import purge
+
+    settings = _settings()
+    count = _with_db(settings, lambda db: purge(db, ids, now=time.time()))
+    console.print(f"{count} entries purged")

@@ -1,0 +1,1 @@
+"""Identity: communication resources, access keys, applications and secrets."""

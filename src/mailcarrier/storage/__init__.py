@@ -1,0 +1,1 @@
+"""Storage: tables, the database handle, group commits and migrations."""

@@ -1,0 +1,1 @@
+"""Submission: the SMTP server shell, its authentication, and accepting mail."""
