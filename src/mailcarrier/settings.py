@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mailcarrier.addresses import AddressError, domain_to_ascii
+
 
 class SettingsError(ValueError):
     """A setting has a value mailcarrier cannot use; the text says which."""
@@ -246,7 +248,12 @@ def _parse_routes(text: str) -> list[StaticRoute]:
             raise SettingsError(f"route {item!r} is not domain=host:port")
         name = domain.strip().rstrip(".").lower()
         if name != "*":
-            name = name.encode("idna").decode("ascii")
+            # The same IDNA 2008 + UTS 46 form recipients' domains take, so
+            # a route for faß.de matches mail to faß.de (IDNA 2003: fass.de).
+            try:
+                name = domain_to_ascii(name)
+            except AddressError as exc:
+                raise SettingsError(f"route {item!r}: {exc}") from exc
         routes.append(StaticRoute(name, parse_host_port(target, default_port=25)))
     return routes
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -48,7 +49,7 @@ def ensure_tls_files(settings: Settings) -> TlsFiles:
     folder.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = _load_or_make_ca(folder)
     files = TlsFiles(folder / "server.pem", folder / "server.key", folder / "ca.pem")
-    if not _server_matches(files.cert, settings.hostname):
+    if not _server_matches(files.cert, settings.hostname, ca_cert):
         _make_server(files, settings.hostname, ca_cert, ca_key)
     return files
 
@@ -138,10 +139,15 @@ def _subject_names(hostname: str) -> list[x509.GeneralName]:
     return names
 
 
-def _server_matches(cert_path: Path, hostname: str) -> bool:
+def _server_matches(cert_path: Path, hostname: str, ca: x509.Certificate) -> bool:
     if not cert_path.exists():
         return False
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        # A CA made again (its files were removed) signs a new server cert.
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
     if cert.not_valid_after_utc < _now() + dt.timedelta(days=30):
         return False
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)

@@ -296,10 +296,16 @@ async def release_node(db: Database, node: str) -> int:
     Called once at start, before any worker of this node exists, so every
     lease named after the node belongs to a process that is gone.
     """
+    # A plain prefix comparison: LIKE would read ``_`` and ``%`` in a node
+    # name as wildcards, and on SQLite ignores case, freeing other nodes' leases.
+    prefix = f"{node}:"
     async with db.write() as conn:
         result = await conn.execute(
             update(queue)
-            .where(queue.c.state == LEASED, queue.c.lease_owner.like(f"{node}:%"))
+            .where(
+                queue.c.state == LEASED,
+                func.substr(queue.c.lease_owner, 1, len(prefix)) == prefix,
+            )
             .values(
                 state=READY, lease_owner=None, lease_expires_at=None,
                 possible_duplicate=True,
@@ -491,7 +497,10 @@ async def retry_now(db: Database, ids: Sequence[str], *, now: float) -> int:
             update(messages)
             .where(messages.c.status == "Quarantined",
                    exists().where(queue.c.message_id == messages.c.id,
-                                  queue.c.state == READY))
+                                  queue.c.state == READY),
+                   # Still quarantined while any of its entries stays held.
+                   ~exists().where(queue.c.message_id == messages.c.id,
+                                   queue.c.state == HELD))
             .values(status="OutForDelivery", quarantine_reason=None, updated_at=now)
         )
         return result.rowcount or 0
@@ -507,12 +516,25 @@ async def purge(db: Database, ids: Sequence[str], *, now: float) -> int:
         purged = [row.id for row in await conn.execute(chosen)]
         if not purged:
             return 0
+        open_recipients = list(
+            await conn.execute(
+                select(recipients.c.address, messages.c.id, messages.c.resource_id,
+                       messages.c.sender_address)
+                .join(messages, messages.c.id == recipients.c.message_id)
+                .where(recipients.c.queue_id.in_(purged),
+                       recipients.c.status == QUEUED)
+            )
+        )
         await conn.execute(
             update(recipients)
             .where(recipients.c.queue_id.in_(purged), recipients.c.status == QUEUED)
-            .values(status="Failed", response="purged from the queue by an operator",
-                    updated_at=now)
+            .values(status="Failed", response=PURGED_RESPONSE, updated_at=now)
         )
+        if open_recipients:
+            await conn.execute(
+                _insert_status_log,
+                [_purged_log_row(row, now) for row in open_recipients],
+            )
         await conn.execute(delete(queue).where(queue.c.id.in_(purged)))
         message_ids = select(recipients.c.message_id).where(
             recipients.c.queue_id.in_(purged)
@@ -523,6 +545,28 @@ async def purge(db: Database, ids: Sequence[str], *, now: float) -> int:
             .values(status=_message_status_expression(), updated_at=now)
         )
         return len(purged)
+
+
+PURGED_RESPONSE = "purged from the queue by an operator"
+
+
+def _purged_log_row(row: Any, now: float) -> dict[str, Any]:
+    local, _, domain = row.sender_address.rpartition("@")
+    return {
+        "TimeGenerated": _as_datetime(now),
+        "OperationName": "DeliveryStatusUpdate",
+        "CorrelationId": row.id,
+        "ResourceId": row.resource_id,
+        "RecipientId": row.address,
+        "DeliveryStatus": "Failed",
+        "SmtpStatusCode": None,
+        "EnhancedSmtpStatusCode": None,
+        "SenderDomain": domain.lower(),
+        "SenderUsername": local.lower(),
+        "IsHardBounce": False,
+        "FailureReason": "Purged",
+        "FailureMessage": PURGED_RESPONSE,
+    }
 
 
 async def oldest_due(db: Database) -> float | None:

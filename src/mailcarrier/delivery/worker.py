@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+from mailcarrier.addresses import AddressError, split_address
 from mailcarrier.delivery import queue as q
 from mailcarrier.delivery.client import Envelope, OutboundPool, RecipientResult
 from mailcarrier.delivery.dkim import DkimKey, DkimSigner
@@ -215,11 +216,10 @@ class DeliveryWorker:
         ]
 
     async def _signer(self, job: q.QueueJob) -> DkimSigner | None:
-        domain = job.message.sender_address.rpartition("@")[2].lower()
         try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass
+            domain = split_address(job.message.sender_address)[1]
+        except AddressError:
+            return None
         cached = self._keys.get(domain)
         if cached and cached[0] > time.monotonic():
             return cached[1]

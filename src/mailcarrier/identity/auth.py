@@ -38,10 +38,14 @@ class StoreAuthenticator:
                 conn, username, secret_hint(password)
             )
         hashes = candidate.secret_hashes if candidate else []
-        for secret_hash in hashes or [_DUMMY_HASH]:
+        if not hashes:
+            # Pay for one hash anyway, but never accept: the dummy's secret
+            # is public, so a match on it must not open a session.
+            await asyncio.to_thread(verify_secret, _DUMMY_HASH, password)
+            return None
+        for secret_hash in hashes:
             if await asyncio.to_thread(verify_secret, secret_hash, password):
-                if candidate is None:
-                    return None
+                assert candidate is not None
                 return Principal(
                     resource_id=candidate.resource_id,
                     resource_name=candidate.resource_name,
@@ -56,6 +60,8 @@ class StoreAuthenticator:
             address = ipaddress.ip_address(peer_ip)
         except ValueError:
             return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # a dual-stack listener's IPv4 client
         for entry in self._settings.trusted:
             if address.version == entry.network.version and address in entry.network:
                 return await self._resource_principal(entry.resource)

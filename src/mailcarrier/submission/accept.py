@@ -155,8 +155,12 @@ def _header_from(content: bytes) -> str | None:
 
 def _group_by_domain(rcpt_tos: list[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
+    seen: set[tuple[str, str]] = set()
     for rcpt in rcpt_tos:
-        _local, domain = split_address(rcpt)
+        local, domain = split_address(rcpt)
+        if (local, domain) in seen:
+            continue  # the same RCPT TO given twice: deliver once
+        seen.add((local, domain))
         groups.setdefault(domain, []).append(rcpt)
     return groups
 

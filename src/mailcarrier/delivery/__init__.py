@@ -1,0 +1,1 @@
+"""Outbound delivery: DKIM signing and sending to recipients' mail servers."""

@@ -1,0 +1,1 @@
+"""Sending domains: verification and DKIM key material."""
