@@ -31,6 +31,7 @@ from mailcarrier.delivery.outcomes import Action
 from mailcarrier.delivery.retry import is_expired, next_attempt_delay
 from mailcarrier.delivery.routing import (
     PermanentRouteError,
+    RouteError,
     Router,
     TemporaryRouteError,
 )
@@ -191,27 +192,27 @@ class DeliveryWorker:
         try:
             route = await self._router.resolve(job.domain)
         except PermanentRouteError as exc:
-            await self._record(job, self._same_result(job, Action.BOUNCE, str(exc)))
+            await self._record(job, self._same_result(job, Action.BOUNCE, exc))
             return
         except TemporaryRouteError as exc:
-            await self._record(job, self._same_result(job, Action.RETRY, str(exc)))
+            await self._record(job, self._same_result(job, Action.RETRY, exc))
             return
         signer = await self._signer(job)
         envelope = Envelope(
             mail_from=job.message.mail_from,
             recipients=[address for _id, address in job.recipients],
             smtputf8=job.message.smtputf8,
-            render=lambda eight_bit_ok: self._render(job.message, signer, eight_bit_ok),
+            render=lambda eight_ok: self._render(job.message, signer, eight_ok),
         )
         results = await self._pool.deliver(route.hosts, envelope)
         await self._record(job, results)
 
     def _same_result(
-        self, job: q.QueueJob, action: Action, text: str
+        self, job: q.QueueJob, action: Action, error: RouteError
     ) -> list[RecipientResult]:
-        enhanced = "5.1.2" if action is Action.BOUNCE else "4.4.3"
         return [
-            RecipientResult(address, action, None, enhanced, text, None, False)
+            RecipientResult(address, action, None, error.enhanced, str(error), None,
+                            False)
             for _id, address in job.recipients
         ]
 
