@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,16 @@ async def fresh_database_url(backend: str, folder: Path) -> str:
         await reset_postgres(PG_URL)
         return PG_URL
     return f"sqlite+aiosqlite:///{folder / 'mailcarrier.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _stop_services_left_running() -> Iterator[None]:
+    """Kill any service subprocess that a test started and did not stop."""
+    from tests.service import STARTED
+
+    yield
+    while STARTED:
+        STARTED.pop().kill()
 
 
 @pytest.fixture(params=backends())

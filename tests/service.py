@@ -21,6 +21,10 @@ from typing import Any
 
 BIN = Path(sys.executable).parent / "mailcarrier"
 
+# Every service a test started, so a fixture can stop those a failing test
+# left behind (see tests/conftest.py).
+STARTED: list[RunningService] = []
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -87,6 +91,8 @@ class RunningService:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
         if not self.credentials:
             self.init()
         log = open(self.log_path, "ab")
@@ -95,6 +101,7 @@ class RunningService:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
+        STARTED.append(self)
         try:
             wait_for_port("127.0.0.1", self.smtp_port)
         except TimeoutError:

@@ -143,10 +143,21 @@ async def _worker_async(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watcher = asyncio.create_task(_stop_when_orphaned(stop))
     await worker.start()
     log.info("worker %d ready (%s)", os.getpid(), ", ".join(roles))
     await stop.wait()
+    watcher.cancel()
     await worker.stop()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """Stop this worker when its supervisor is gone (killed with SIGKILL)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("supervisor %d is gone; worker %d stops", parent, os.getpid())
+    stop.set()
 
 
 async def prepare(settings: Settings) -> int:
