@@ -50,6 +50,7 @@ def configure_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd chatter
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @dataclass

@@ -76,25 +76,25 @@ def init(
         _print_json(result)
         return
     smtp = result["smtp"]
-    table = Table(title="mailcarrier is set up", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
     rows = [
         ("resource", result["resource"]),
         ("sender address", result["senderAddress"]),
-        ("SMTP host", f"{smtp['host']} port {smtp['port']} (STARTTLS), "
-                      f"{smtp['tlsPort']} (TLS)"),
+        ("SMTP host", smtp["host"]),
+        ("SMTP ports", f"{smtp['port']} (STARTTLS), {smtp['tlsPort']} (implicit TLS)"),
         ("SMTP username", smtp["username"]),
         ("SMTP password", smtp["password"]),
-        ("connection string", result["connectionString"]),
         ("CA certificate", str(result["caCertificate"])),
-        ("application", f"client id {result['application']['clientId']}, "
-                        f"tenant id {result['application']['tenantId']}"),
-        ("DKIM record", f"{result['dkim']['name']} TXT {result['dkim']['value']}"),
+        ("connection string", result["connectionString"]),
+        ("application", f"client id {result['application']['clientId']}"),
+        ("tenant", result["application"]["tenantId"]),
+        ("DKIM record", f"{result['dkim']['name']} TXT"),
+        ("", result["dkim"]["value"]),
     ]
+    # Plain lines, never wrapped or cut: people copy these values.
+    console.print("[bold]mailcarrier is set up[/bold]")
     for name, value in rows:
-        table.add_row(name, value)
-    console.print(table)
+        console.print(f"  {name + ':' if name else '':<20}{value}", soft_wrap=True,
+                      highlight=False)
     console.print(
         "The password is shown only now; run [bold]mailcarrier init[/bold] again "
         "for a fresh one."
