@@ -754,6 +754,63 @@ async def test_missing_or_unusable_header_from_is_refused(
     await client.close()
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        # The obsolete "Name :" spelling is still a From field to DKIM.
+        b"From: a@contoso.example\r\nFrom : ceo@bank.example\r\n\r\nHi\r\n",
+        b"From: a@contoso.example\r\nfrom:ceo@bank.example\r\n\r\nHi\r\n",
+    ],
+)
+async def test_a_second_from_in_any_spelling_is_refused(
+    smtpd: Harness, content: bytes
+) -> None:
+    client = await logged_in_client(smtpd)
+
+    reply = await send_message(client, content)
+
+    assert reply.text == replies.MANY_FROM_HEADERS_550_5_6_0
+    assert smtpd.acceptor.accepted == []
+    await client.close()
+
+
+async def test_a_from_hidden_behind_a_broken_header_line_is_refused(
+    smtpd: Harness,
+) -> None:
+    client = await logged_in_client(smtpd)
+    content = (b"From: a@contoso.example\r\nBogus line\r\n"
+               b"From: ceo@bank.example\r\n\r\nHi\r\n")
+
+    reply = await send_message(client, content)
+
+    assert reply.code == 550
+    assert reply.text.startswith("550 5.6.0 Malformed header section")
+    assert "Bogus line" in reply.text
+    assert smtpd.acceptor.accepted == []
+    await client.close()
+
+
+async def test_a_from_in_group_syntax_is_refused(smtpd: Harness) -> None:
+    client = await logged_in_client(smtpd)
+
+    reply = await send_message(client, message(f"a:b:<{SENDER}>;"))
+
+    assert reply.text == replies.BAD_FROM_HEADER_550_5_6_0
+    assert smtpd.acceptor.accepted == []
+    await client.close()
+
+
+async def test_a_legacy_8bit_display_name_does_not_hide_a_valid_sender(
+    smtpd: Harness,
+) -> None:
+    client = await logged_in_client(smtpd)
+    content = b"From: caf\xe9 <" + SENDER.encode() + b">\r\n\r\nHi\r\n"
+
+    assert (await send_message(client, content)).code == 250
+    assert [a for _, a in smtpd.acceptor.sender_checks][-1] == SENDER
+    await client.close()
+
+
 async def test_data_takes_no_parameters(smtpd: Harness) -> None:
     client = await logged_in_client(smtpd)
     await client.command(f"MAIL FROM:<{SENDER}>")

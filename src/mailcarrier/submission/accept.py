@@ -21,16 +21,16 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from email.headerregistry import Address
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
 
-from mailcarrier.addresses import AddressError, domain_to_ascii, split_address
+from mailcarrier.addresses import AddressError, split_address
 from mailcarrier.delivery.queue import QueueJob, accept_ops
 from mailcarrier.domains.store import VERIFIED, sender_record
 from mailcarrier.storage.commits import CommitGroup
 from mailcarrier.storage.db import Database
 from mailcarrier.submission import replies
+from mailcarrier.submission.headers import HeaderProblem, from_addresses
 from mailcarrier.submission.principal import Accepted, Principal, Refusal
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,11 @@ class StoreAcceptor:
 
 
 def _header_from(content: bytes) -> str | None:
-    end = content.find(b"\r\n\r\n")
-    head = content if end < 0 else content[: end + 2]
-    headers = BytesHeaderParser(policy=SMTP).parsebytes(head)
-    values = headers.get_all("From") or []
-    pairs = email.utils.getaddresses([str(v) for v in values])
-    addresses = [addr for _name, addr in pairs if addr]
-    return addresses[0] if len(addresses) == 1 else None
+    """The first address of the From field (the submission server checked all)."""
+    try:
+        return from_addresses(content)[0]
+    except HeaderProblem:
+        return None
 
 
 def _group_by_domain(rcpt_tos: list[str]) -> dict[str, list[str]]:
@@ -189,7 +187,7 @@ def _sender_domain(sender: str) -> str:
     try:
         return split_address(sender)[1]
     except AddressError:
-        return domain_to_ascii(Address(addr_spec=sender).domain)
+        return "localhost.invalid"  # unreachable: the sender passed its checks
 
 
 def _existing_message_id(head: bytes) -> str:

@@ -92,6 +92,7 @@ NEEDS_RCPT_503_5_5_1 = "503 5.5.1 Need RCPT command first"
 # Also returned by the Acceptor, which checks the header on its own.
 NO_FROM_HEADER = Refusal(550, "5.6.0", "Message has no From header field")
 NO_FROM_HEADER_550_5_6_0 = NO_FROM_HEADER.reply
+MALFORMED_HEADER_550_5_6_0 = "550 5.6.0 Malformed header section: {detail}"
 MANY_FROM_HEADERS_550_5_6_0 = "550 5.6.0 Message has more than one From header field"
 BAD_FROM_HEADER_550_5_6_0 = "550 5.6.0 From header field has no valid address"
 BARE_LINE_ENDING_550_5_6_11 = (

@@ -66,9 +66,6 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.parser import HeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from typing import Any
 
 import idna
@@ -76,6 +73,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope
 
 from mailcarrier.settings import Settings
 from mailcarrier.submission import auth, replies
+from mailcarrier.submission.headers import HeaderProblem, from_addresses
 from mailcarrier.submission.principal import (
     Accepted,
     Acceptor,
@@ -268,30 +266,24 @@ def parse_rcpt(arg: str, *, smtputf8: bool) -> str:
 def header_senders(content: bytes) -> list[str]:
     """The addresses of the one From header field of a message.
 
-    Only the header block is parsed (stdlib parser, headers only). It is
-    decoded as UTF-8 first so SMTPUTF8 messages (RFC 6532) yield text;
-    bytes that are not UTF-8 make the field unusable.
+    The header section is read by ``headers.from_addresses``, which sees
+    every field the DKIM signer will sign (see its docstring).
     """
-    text = _header_block(content).decode("utf-8", "surrogateescape")
-    values = HeaderParser(policy=compat32).parsestr(text).get_all("From", [])
-    if not values:
-        raise CommandRefused(replies.NO_FROM_HEADER_550_5_6_0)
-    if len(values) > 1:
-        raise CommandRefused(replies.MANY_FROM_HEADERS_550_5_6_0)
-    # compat32 hands back a Header object when undecodable bytes remain.
-    if not isinstance(values[0], str):
+    try:
+        addresses = from_addresses(content)
+    except HeaderProblem as exc:
+        raise CommandRefused(_HEADER_REPLIES[exc.kind].format(detail=exc)) from exc
+    if not all(map(mailbox_is_valid, addresses)):
         raise CommandRefused(replies.BAD_FROM_HEADER_550_5_6_0)
-    addresses = [address for _, address in getaddresses(values)]
-    if not addresses or not all(map(mailbox_is_valid, addresses)):
-        raise CommandRefused(replies.BAD_FROM_HEADER_550_5_6_0)
-    return list(dict.fromkeys(addresses))
+    return addresses
 
 
-def _header_block(content: bytes) -> bytes:
-    if content.startswith(b"\r\n"):
-        return b""
-    end = content.find(b"\r\n\r\n")
-    return content if end < 0 else content[: end + 2]
+_HEADER_REPLIES = {
+    "malformed": replies.MALFORMED_HEADER_550_5_6_0,
+    "no_from": replies.NO_FROM_HEADER_550_5_6_0,
+    "many_from": replies.MANY_FROM_HEADERS_550_5_6_0,
+    "bad_from": replies.BAD_FROM_HEADER_550_5_6_0,
+}
 
 
 # DATA (RFC 5321 4.1.1.4, 4.5.2) ----------------------------------------------
