@@ -118,3 +118,37 @@ def test_a_bad_setting_is_named_and_exits_2(
     result = runner.invoke(app, ["messages", "list"])
     assert result.exit_code == 2
     assert "example.com" in result.output
+
+
+def test_read_commands_refuse_a_missing_sqlite_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILCARRIER_DATA_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.delenv("MAILCARRIER_DATABASE_URL", raising=False)
+    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "none.toml"))
+    result = runner.invoke(app, ["messages", "list"])
+    assert result.exit_code == 1
+    assert "no mailcarrier database" in result.output
+    assert not (tmp_path / "elsewhere" / "mailcarrier.db").exists()
+
+
+async def test_unknown_states_and_statuses_are_refused_and_case_is_forgiven(
+    env: Database,
+) -> None:
+    message_id = await enqueue(env)
+    bad = await asyncio.to_thread(runner.invoke, app, ["queue", "--state", "bogus"])
+    assert bad.exit_code == 2
+    assert "--state must be one of ready, leased, held" in bad.output
+    found = json.loads((await arun("messages", "list", "--status", "queued",
+                                   "--json")).stdout)
+    assert [m["id"] for m in found] == [message_id]
+    listed = json.loads((await arun("queue", "list", "--json")).stdout)
+    assert [e["messageId"] for e in listed] == [message_id]
+
+
+async def test_purging_or_retrying_nothing_says_so(env: Database) -> None:
+    for command in ("purge", "retry"):
+        result = await asyncio.to_thread(runner.invoke, app,
+                                         ["queue", command, "no-such-id"])
+        assert result.exit_code == 1, command
+        assert "no waiting or held queue entry matches no-such-id" in result.output

@@ -7,11 +7,14 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from sqlalchemy.engine import make_url
 
 from mailcarrier.settings import Settings, SettingsError, load_settings
 from mailcarrier.storage.db import Database
@@ -36,7 +39,20 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+def _with_db(
+    settings: Settings,
+    work: Callable[[Database], Awaitable[T]],
+    *,
+    create: bool = False,
+) -> T:
+    db_file = _sqlite_file(settings)
+    if not create and db_file is not None and not db_file.exists():
+        err.print(
+            f"no mailcarrier database at {db_file}; run this where `mailcarrier "
+            "init` ran, or set MAILCARRIER_DATA_DIR / MAILCARRIER_DATABASE_URL"
+        )
+        raise typer.Exit(1)
+
     async def run() -> T:
         db = Database(settings.database_url_resolved)
         try:
@@ -50,6 +66,13 @@ def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     except OSError as exc:
         err.print(f"[red]cannot open the database:[/red] {exc}")
         raise typer.Exit(1) from exc
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    url = make_url(settings.database_url_resolved)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
 
 
 def _print_json(value: Any) -> None:
@@ -67,11 +90,11 @@ def init(
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if only_if_new and _with_db(settings, is_initialized):
+    if only_if_new and _with_db(settings, is_initialized, create=True):
         err.print("mailcarrier is already set up; `mailcarrier init` prints a fresh "
                   "SMTP password")
         return
-    result = _with_db(settings, lambda db: initialize(settings, db))
+    result = _with_db(settings, lambda db: initialize(settings, db), create=True)
     if as_json:
         _print_json(result)
         return
@@ -135,7 +158,7 @@ def migrate() -> None:
     async def noop(_db: Database) -> None:
         return None
 
-    _with_db(settings, noop)
+    _with_db(settings, noop, create=True)
     console.print("database is up to date")
 
 
@@ -149,7 +172,8 @@ def messages_list(
     from mailcarrier.messages import list_messages
 
     settings = _settings()
-    found = _with_db(settings, lambda db: list_messages(db, status=status or None,
+    chosen = _choice(status, MESSAGE_STATUSES, "--status")
+    found = _with_db(settings, lambda db: list_messages(db, status=chosen,
                                                         limit=limit))
     if as_json:
         _print_json(found)
@@ -186,19 +210,48 @@ def messages_show(
     console.print(table)
 
 
+MESSAGE_STATUSES = ("Queued", "OutForDelivery", "Delivered", "PartiallyDelivered",
+                    "Failed", "Quarantined")
+QUEUE_STATES = ("ready", "leased", "held")
+
+
+def _choice(value: str, choices: tuple[str, ...], option: str) -> str | None:
+    """The canonical spelling of value among choices (any case), or exit 2."""
+    if not value:
+        return None
+    for choice in choices:
+        if choice.lower() == value.lower():
+            return choice
+    err.print(f"{option} must be one of {', '.join(choices)}; got {value!r}")
+    raise typer.Exit(2)
+
+
 @queue_app.callback(invoke_without_command=True)
-def queue_list(
+def queue_main(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     state: Annotated[str, typer.Option(help="ready, leased or held")] = "",
 ) -> None:
+    """List queue entries not yet done (also: queue list)."""
+    if ctx.invoked_subcommand is None:
+        _list_queue(as_json, state)
+
+
+@queue_app.command("list")
+def queue_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    state: Annotated[str, typer.Option(help="ready, leased or held")] = "",
+) -> None:
     """List queue entries not yet done."""
-    if ctx.invoked_subcommand is not None:
-        return
+    _list_queue(as_json, state)
+
+
+def _list_queue(as_json: bool, state: str) -> None:
     from mailcarrier.delivery.queue import queue_entries
 
     settings = _settings()
-    rows = _with_db(settings, lambda db: queue_entries(db, state=state or None))
+    chosen = _choice(state, QUEUE_STATES, "--state")
+    rows = _with_db(settings, lambda db: queue_entries(db, state=chosen))
     items = [
         {"id": r.id, "messageId": r.message_id, "domain": r.domain, "state": r.state,
          "attempts": r.attempts, "nextAttemptAt": r.next_attempt_at,
@@ -228,6 +281,9 @@ def queue_retry(
 
     settings = _settings()
     count = _with_db(settings, lambda db: retry_now(db, ids or [], now=time.time()))
+    if ids and not count:
+        err.print("no waiting or held queue entry matches " + ", ".join(ids))
+        raise typer.Exit(1)
     console.print(f"{count} entries will be tried now")
 
 
@@ -240,4 +296,7 @@ def queue_purge(
 
     settings = _settings()
     count = _with_db(settings, lambda db: purge(db, ids, now=time.time()))
+    if not count:
+        err.print("no waiting or held queue entry matches " + ", ".join(ids))
+        raise typer.Exit(1)
     console.print(f"{count} entries purged")
