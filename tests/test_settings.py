@@ -175,7 +175,7 @@ def test_a_bad_route_is_a_settings_error_naming_it(routes: str, named: str) -> N
     with pytest.raises(SettingsError) as error:
         load_settings(routes=routes)
 
-    assert "routes" in str(error.value)
+    assert "MAILCARRIER_ROUTES" in str(error.value)
     assert named in str(error.value)
 
 
@@ -195,7 +195,7 @@ def test_a_bad_trusted_network_is_a_settings_error_naming_it(
     with pytest.raises(SettingsError) as error:
         load_settings(trusted_networks=networks)
 
-    assert "trusted_networks" in str(error.value)
+    assert "MAILCARRIER_TRUSTED_NETWORKS" in str(error.value)
     assert named in str(error.value)
 
 
@@ -229,7 +229,7 @@ def test_a_bad_listen_address_is_a_settings_error_naming_it(
     with pytest.raises(SettingsError) as error:
         load_settings(**{field: value})
 
-    assert field in str(error.value)
+    assert f"MAILCARRIER_{field.upper()}" in str(error.value)
     assert named in str(error.value)
 
 
@@ -239,7 +239,7 @@ def test_a_bad_delivery_port_is_a_settings_error_naming_it(
 ) -> None:
     monkeypatch.setenv("MAILCARRIER_DELIVERY_PORT", value)
 
-    with pytest.raises(SettingsError, match="delivery_port"):
+    with pytest.raises(SettingsError, match="MAILCARRIER_DELIVERY_PORT"):
         load_settings()
 
 
@@ -269,3 +269,19 @@ def test_parse_host_port_refuses_unbalanced_brackets() -> None:
 def test_the_node_name_defaults_to_the_hostname() -> None:
     assert load_settings(hostname="mx1.example").node == "mx1.example"
     assert load_settings(hostname="mx1.example", node_name="n7").node == "n7"
+
+
+def test_a_port_of_zero_in_a_route_is_refused() -> None:
+    with pytest.raises(SettingsError, match="MAILCARRIER_ROUTES: bad port"):
+        load_settings(routes="*=127.0.0.1:0")
+
+
+def test_two_listeners_on_one_address_are_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="smtps_listen and smtp_listen"):
+        load_settings(smtp_listen="127.0.0.1:2525", smtps_listen="127.0.0.1:2525",
+                      bounce_listen="127.0.0.1:2526")
+
+
+def test_a_hostname_with_spaces_is_refused() -> None:
+    with pytest.raises(SettingsError, match="MAILCARRIER_HOSTNAME"):
+        load_settings(hostname="bad host name!")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -73,9 +74,15 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
         if default_port is None:
             raise SettingsError(f"missing port in {text!r}")
         return HostPort(host, default_port)
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise SettingsError(f"bad port in {text!r}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise SettingsError(f"bad port in {text!r}: use a number from 1 to 65535")
     return HostPort(host, int(port_text))
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
 
 
 def _split_list(text: str) -> list[str]:
@@ -176,7 +183,26 @@ class Settings(BaseSettings):
     @field_validator("managed_zone", "hostname")
     @classmethod
     def _lower_name(cls, value: str) -> str:
-        return value.strip().rstrip(".").lower()
+        name = value.strip().rstrip(".").lower()
+        if not _HOSTNAME.fullmatch(name):
+            raise SettingsError(
+                f"{value!r} is not a host name (letters, digits, hyphens, dots)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name in ("smtp_listen", "smtps_listen", "api_listen", "dns_listen",
+                     "bounce_listen"):
+            value = getattr(self, name)
+            if value and value in seen:
+                raise SettingsError(
+                    f"{name} and {seen[value]} are both {value}; give each its own "
+                    "address or port"
+                )
+            seen[value] = name
+        return self
 
     @field_validator(
         "smtp_listen", "smtps_listen", "api_listen", "dns_listen", "bounce_listen"
@@ -283,7 +309,20 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning validation errors into one clear message."""
     try:
         return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc
     except SettingsError:
         raise
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem, naming the environment variable."""
+    lines = []
+    for item in error.errors():
+        names = [str(part) for part in item.get("loc", ()) if part != "__root__"]
+        where = ", ".join(f"MAILCARRIER_{name.upper()}" for name in names)
+        message = str(item.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "; ".join(lines)
