@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
 from mailcarrier.delivery import queue as q
 from mailcarrier.delivery.worker import DeliveryWorker
 from mailcarrier.identity.auth import StoreAuthenticator
@@ -199,9 +202,24 @@ def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> None:
         raise StartupError(
             f"unknown role(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_ROLES)}"
         )
-    lock = lock_data_dir(settings)
-    ensure_tls_files(settings)
-    released = asyncio.run(prepare(settings))
+    try:
+        lock = lock_data_dir(settings)
+        ensure_tls_files(settings)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot use the data folder {settings.data_dir}: {exc.strerror or exc}; "
+            "check MAILCARRIER_DATA_DIR and its permissions"
+        ) from exc
+    try:
+        released = asyncio.run(prepare(settings))
+    except (OSError, SQLAlchemyError) as exc:
+        shown = make_url(settings.database_url_resolved).render_as_string(
+            hide_password=True
+        )
+        raise StartupError(
+            f"cannot open the database {shown}: {exc}; check "
+            "MAILCARRIER_DATABASE_URL and that the database server is running"
+        ) from exc
     if released:
         log.info("took back %d queue leases left by a previous run", released)
     listeners = Listeners()
