@@ -47,6 +47,15 @@ async def fresh_database_url(backend: str, folder: Path) -> str:
 
 
 @pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No MAILCARRIER_* variable or mailcarrier.toml of the caller leaks in."""
+    for name in list(os.environ):
+        if name.startswith("MAILCARRIER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "absent.toml"))
+
+
+@pytest.fixture(autouse=True)
 def _stop_services_left_running() -> Iterator[None]:
     """Kill any service subprocess that a test started and did not stop."""
     from tests.service import STARTED

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,6 @@ from mailcarrier.storage.tables import (
     role_assignments,
     smtp_usernames,
 )
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("MAILCARRIER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "absent.toml"))
 
 
 def make_settings(db: Database, tmp_path: Path, **overrides: Any) -> Settings:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import dkim
-import dns.resolver
 import pytest
 
 from tests.conftest import backends, fresh_database_url, shared_data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from mailcarrier.settings import (
     load_settings,
     parse_host_port,
 )
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("MAILCARRIER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "absent.toml"))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import stat
 from pathlib import Path
@@ -12,14 +11,6 @@ import pytest
 
 from mailcarrier.settings import Settings, load_settings
 from mailcarrier.tls import TlsFiles, ensure_tls_files, server_context
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("MAILCARRIER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "absent.toml"))
 
 
 def settings_for(

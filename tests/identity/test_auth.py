@@ -17,16 +17,6 @@ from mailcarrier.storage.db import Database
 from mailcarrier.storage.tables import client_secrets, role_assignments
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("MAILCARRIER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "absent.toml"))
-
-
 def make_settings(db: Database, tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(
         data_dir=tmp_path / "data",

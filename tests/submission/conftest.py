@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,14 +24,6 @@ from .smtp_support import (
     Harness,
     StartServer,
 )
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("MAILCARRIER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "absent.toml"))
 
 
 @pytest.fixture(scope="session")

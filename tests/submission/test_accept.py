@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,14 +30,6 @@ from mailcarrier.storage.tables import (
 from mailcarrier.submission import replies
 from mailcarrier.submission.accept import DeliveryHandoff, StoreAcceptor
 from mailcarrier.submission.principal import Accepted, Principal, Refusal
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("MAILCARRIER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILCARRIER_CONFIG", str(tmp_path / "absent.toml"))
 
 
 @pytest.fixture
