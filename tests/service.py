@@ -124,10 +124,13 @@ class RunningService:
         """SIGKILL the supervisor and every worker at once."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # Only while the supervisor is unreaped does its pid still name its
+        # process group; after that the number may belong to someone else.
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait()
         self.process = None
 
