@@ -9,6 +9,8 @@ the receiving side decide; senders are ours to define).
 
 from __future__ import annotations
 
+import functools
+
 import idna
 
 
@@ -16,6 +18,7 @@ class AddressError(ValueError):
     """Not a usable mailbox address; the text says why."""
 
 
+@functools.lru_cache(maxsize=4096)
 def domain_to_ascii(domain: str) -> str:
     name = domain.strip().rstrip(".")
     if not name:

@@ -565,3 +565,21 @@ async def test_queue_entries_list_open_entries_by_state(
 
     assert [e.id for e in held] == [job.queue_id]
     assert {e.id for e in everything} == {job.queue_id, waiting.queue_id}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (["Delivered", "Delivered"], "Delivered"),
+        (["Delivered", "Queued"], "OutForDelivery"),
+        (["Bounced", "Queued"], "OutForDelivery"),
+        (["Delivered", "Bounced"], "PartiallyDelivered"),
+        (["Delivered", "Failed"], "PartiallyDelivered"),
+        (["Bounced", "Failed"], "Failed"),
+        (["Bounced"], "Failed"),
+    ],
+)
+def test_message_status_follows_from_its_recipients(
+    statuses: list[str], expected: str
+) -> None:
+    assert q.message_status(statuses) == expected

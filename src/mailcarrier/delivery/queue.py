@@ -67,6 +67,8 @@ class MessageData:
     content: bytes
     smtputf8: bool
     created_at: float
+    # How many queue entries (recipient domains) the message has.
+    entries: int = 1
     # Rendered (signed) bytes by "8-bit allowed?", made once per message.
     rendered: dict[bool, bytes] = field(default_factory=dict)
 
@@ -109,7 +111,8 @@ def accept_ops(
 ) -> tuple[list[QueueJob], list[Op]]:
     """The rows that accepting one message writes, and its queue jobs."""
     data = MessageData(
-        message_id, resource_id, mail_from, sender_address, content, smtputf8, now
+        message_id, resource_id, mail_from, sender_address, content, smtputf8, now,
+        entries=len(by_domain),
     )
     queue_rows, recipient_rows, jobs = [], [], []
     for domain, addresses in by_domain.items():
@@ -259,6 +262,13 @@ async def _load_jobs(conn: AsyncConnection, rows: Sequence[Any]) -> list[QueueJo
             row.id, row.resource_id, row.mail_from, row.sender_address,
             row.content, row.smtputf8, row.created_at,
         )
+    for row in await conn.execute(
+        select(queue.c.message_id, func.count())
+        .where(queue.c.message_id.in_(message_ids))
+        .group_by(queue.c.message_id)
+    ):
+        if row[0] in data:
+            data[row[0]].entries = row[1]
     pending: dict[str, list[tuple[str, str]]] = {}
     for row in await conn.execute(
         select(recipients.c.id, recipients.c.queue_id, recipients.c.address)
@@ -380,6 +390,35 @@ _update_message_status = (
     .values(status=_message_status_expression(), updated_at=bindparam("b_now"))
 )
 
+_set_message_status = (
+    update(messages)
+    .where(messages.c.id == bindparam("b_id"), messages.c.status != "Quarantined")
+    .values(status=bindparam("b_status"), updated_at=bindparam("b_now"))
+)
+
+
+def message_status(statuses: Sequence[str]) -> str:
+    """A message's status from all of its recipients' statuses."""
+    if QUEUED in statuses:
+        return "OutForDelivery"
+    delivered = statuses.count("Delivered")
+    if delivered == len(statuses):
+        return "Delivered"
+    return "PartiallyDelivered" if delivered else "Failed"
+
+
+def _message_status_op(job: QueueJob, updates: Sequence[Any], now: float) -> Op:
+    # When this job holds every recipient of the message (one domain, first
+    # attempt), the status follows from the updates; otherwise the database
+    # derives it from all recipient rows.
+    if job.message.entries == 1 and job.attempts == 0:
+        status = message_status([item.status for item in updates])
+        return (
+            _set_message_status,
+            [{"b_id": job.message.message_id, "b_status": status, "b_now": now}],
+        )
+    return (_update_message_status, [{"b_id": job.message.message_id, "b_now": now}])
+
 
 def outcome_ops(
     job: QueueJob,
@@ -438,7 +477,7 @@ def outcome_ops(
         (_update_recipient, recipient_rows),
         (_update_queue, [queue_row]),
         (_insert_status_log, log_rows),
-        (_update_message_status, [{"b_id": job.message.message_id, "b_now": now}]),
+        _message_status_op(job, updates, now),
     ]
 
 

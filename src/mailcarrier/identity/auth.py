@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 
 from mailcarrier.identity import store
 from mailcarrier.identity.secrets import hash_secret, secret_hint, verify_secret
@@ -19,6 +20,10 @@ from mailcarrier.storage.db import Database
 from mailcarrier.submission.principal import Principal
 
 log = logging.getLogger(__name__)
+
+# Trusted networks name their resource; the name's resource is looked up
+# again after this many seconds (a trusted client opens many sessions).
+TRUSTED_CACHE_SECONDS = 5.0
 
 # Checked when a username is unknown, so that an unknown name takes as
 # long to refuse as a wrong secret (no username probing by timing).
@@ -31,6 +36,7 @@ class StoreAuthenticator:
     def __init__(self, settings: Settings, db: Database) -> None:
         self._settings = settings
         self._db = db
+        self._trusted_cache: dict[str, tuple[float, Principal | None]] = {}
 
     async def login(self, username: str, password: str) -> Principal | None:
         async with self._db.read() as conn:
@@ -68,6 +74,14 @@ class StoreAuthenticator:
         return None
 
     async def _resource_principal(self, name: str) -> Principal | None:
+        cached = self._trusted_cache.get(name)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        principal = await self._load_resource_principal(name)
+        self._trusted_cache[name] = (time.monotonic() + TRUSTED_CACHE_SECONDS, principal)
+        return principal
+
+    async def _load_resource_principal(self, name: str) -> Principal | None:
         async with self._db.read() as conn:
             resource = await store.resource_by_name(conn, name)
         if resource is None:

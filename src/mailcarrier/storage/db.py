@@ -15,7 +15,10 @@ out connections.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,16 +37,21 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 class Database:
     """Engines for reading and writing one database."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self._write_lock_path: str | None = None
+        self._lock_fd: int | None = None
+        self._local_writer = asyncio.Lock()
+        if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
+            self._write_lock_path = f"{self.url.database}.write-lock"
         if self.is_sqlite:
             self._prepare_sqlite_folder()
             self.reader = self._sqlite_engine(immediate=False)
             self.writer = self._sqlite_engine(immediate=True)
         else:
             self.reader = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True
+                self.url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True
             )
             self.writer = self.reader
 
@@ -57,7 +65,10 @@ class Database:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
     def _sqlite_engine(self, *, immediate: bool) -> AsyncEngine:
-        engine = create_async_engine(self.url, connect_args={"timeout": 60})
+        # Connections are kept: opening one costs a thread and the pragmas.
+        engine = create_async_engine(
+            self.url, connect_args={"timeout": 60}, pool_size=20, max_overflow=20
+        )
         sync_engine = engine.sync_engine
 
         @event.listens_for(sync_engine, "connect")
@@ -85,8 +96,34 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed on success, rolled back on error."""
-        async with self.writer.begin() as conn:
-            yield conn
+        if self._write_lock_path is None:
+            async with self.writer.begin() as conn:
+                yield conn
+            return
+        async with self._local_writer, self._file_lock():
+            async with self.writer.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _file_lock(self) -> AsyncIterator[None]:
+        """Queue for SQLite's write lock across processes, without polling.
+
+        SQLite lets one writer in at a time and makes the others poll with
+        sleeps of up to 100 ms. A blocking ``flock`` on a file beside the
+        database hands the turn over the moment the previous writer is done.
+        """
+        if self._lock_fd is None:
+            assert self._write_lock_path is not None
+            self._lock_fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._lock_fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (safe to run concurrently)."""
@@ -97,6 +134,9 @@ class Database:
             await conn.run_sync(_upgrade_to_head)
 
     async def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         await self.reader.dispose()
         if self.writer is not self.reader:
             await self.writer.dispose()

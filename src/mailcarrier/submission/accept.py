@@ -40,6 +40,12 @@ _DATE = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 Handoff = Callable[[list[QueueJob]], None]
 
+# A sender's verdict is reused for a few seconds: a busy submitter checks
+# the same two addresses for every message. A domain unlinked or a sender
+# removed is refused at most this long after the change.
+SENDER_CACHE_SECONDS = 5.0
+SENDER_CACHE_SIZE = 10_000
+
 
 class DeliveryHandoff:
     """What accept needs of the local delivery worker (None = queue only)."""
@@ -69,6 +75,7 @@ class StoreAcceptor:
         self._commits = commits
         self._handoff = handoff
         self._traffic_source = traffic_source
+        self._sender_cache: dict[tuple[str, str, str], tuple[float, Refusal | None]] = {}
 
     async def check_sender(self, principal: Principal, address: str) -> Refusal | None:
         try:
@@ -77,6 +84,19 @@ class StoreAcceptor:
             return replies.sender_refusal(
                 f"sender {address!r} is not an address of the form name@domain"
             )
+        key = (principal.resource_id, local.lower(), domain)
+        cached = self._sender_cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        verdict = await self._check_sender(principal, address, local, domain)
+        if len(self._sender_cache) >= SENDER_CACHE_SIZE:
+            self._sender_cache.clear()
+        self._sender_cache[key] = (time.monotonic() + SENDER_CACHE_SECONDS, verdict)
+        return verdict
+
+    async def _check_sender(
+        self, principal: Principal, address: str, local: str, domain: str
+    ) -> Refusal | None:
         async with self._db.read() as conn:
             record = await sender_record(conn, local, domain)
         if record is None or record.resource_id != principal.resource_id:
