@@ -78,7 +78,11 @@ def submit(service: RunningService, content: bytes, recipients: list[str]) -> No
     with smtplib.SMTP("127.0.0.1", service.smtp_port, timeout=30) as smtp:
         smtp.starttls(context=client_context(service))
         smtp.ehlo()
-        smtp.login(creds["smtp"]["username"], creds["smtp"]["password"])
+        # AUTH LOGIN with an initial response, as smtplib and .NET send it.
+        smtp.user = creds["smtp"]["username"]
+        smtp.password = creds["smtp"]["password"]
+        code, _reply = smtp.auth("LOGIN", smtp.auth_login)
+        assert code == 235
         options = ["BODY=8BITMIME"] if not content.isascii() else []
         smtp.sendmail(creds["senderAddress"], recipients, content, mail_options=options)
 
