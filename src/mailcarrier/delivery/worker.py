@@ -30,6 +30,7 @@ from mailcarrier.delivery.eightbit import downgrade_to_7bit, needs_8bitmime
 from mailcarrier.delivery.outcomes import Action
 from mailcarrier.delivery.retry import is_expired, next_attempt_delay
 from mailcarrier.delivery.routing import (
+    Host,
     PermanentRouteError,
     RouteError,
     Router,
@@ -95,6 +96,7 @@ class DeliveryWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
         self._keys: dict[str, tuple[float, DkimSigner | None]] = {}
+        self._turns: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._rng = random.Random()
         self._stopping = False
 
@@ -204,8 +206,22 @@ class DeliveryWorker:
             smtputf8=job.message.smtputf8,
             render=lambda eight_ok: self._render(job.message, signer, eight_ok),
         )
-        results = await self._pool.deliver(route.hosts, envelope)
-        await self._record(job, results)
+        # A transaction holds its turn until its outcome is recorded, so the
+        # transactions whose reply a crash could lose never outnumber the
+        # connections this worker may have open to the destination.
+        async with self._turn(route.hosts):
+            results = await self._pool.deliver(route.hosts, envelope)
+            await self._record(job, results)
+
+    def _turn(self, hosts: Sequence[Host]) -> asyncio.Semaphore:
+        key = (hosts[0].address, hosts[0].port) if hosts else ("", 0)
+        turn = self._turns.get(key)
+        if turn is None:
+            if len(self._turns) >= 10_000:
+                self._turns = {k: t for k, t in self._turns.items() if t.locked()}
+            turn = asyncio.Semaphore(self.settings.per_destination_concurrency)
+            self._turns[key] = turn
+        return turn
 
     def _same_result(
         self, job: q.QueueJob, action: Action, error: RouteError
