@@ -386,3 +386,25 @@ async def test_challenge_response_over_12288_octets_is_refused(
     assert reply.text == replies.LINE_TOO_LONG_500_5_5_6
     assert (await client.command("NOOP")).code == 250
     await client.close()
+
+
+async def test_an_address_with_too_many_failed_logins_is_refused_without_a_check(
+    smtpd: Harness,
+) -> None:
+    bad = f"AUTH PLAIN {plain_response(password='guess')}"
+    for _ in range(7):  # three failures per session, twenty per address
+        client = await secure_client(smtpd)
+        for _ in range(3):
+            if len(smtpd.authenticator.logins) == 20:
+                break
+            assert (await client.command(bad)).code == 535
+        await client.close()
+    assert len(smtpd.authenticator.logins) == 20
+
+    client = await secure_client(smtpd)
+    reply = await client.command(f"AUTH PLAIN {plain_response()}")
+
+    assert reply.code == 454
+    assert reply.text.startswith("454 4.7.0 Too many failed logins from your address")
+    assert len(smtpd.authenticator.logins) == 20  # the secret was not checked
+    await client.close()

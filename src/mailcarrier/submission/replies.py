@@ -49,6 +49,9 @@ AUTH_TOO_MANY_FAILURES_421_4_7_0 = (
     "421 4.7.0 Too many failed authentication attempts, closing connection"
 )
 AUTH_TEMPORARY_FAILURE_454_4_7_0 = "454 4.7.0 Temporary authentication failure"
+AUTH_THROTTLED_454_4_7_0 = (
+    "454 4.7.0 Too many failed logins from your address; try again in {seconds} s"
+)
 AUTH_ABORTED_501_5_7_0 = "501 5.7.0 Authentication aborted"
 AUTH_BAD_BASE64_501_5_5_2 = "501 5.5.2 Cannot decode base64 data"
 AUTH_MALFORMED_501_5_5_2 = "501 5.5.2 Malformed authentication data"

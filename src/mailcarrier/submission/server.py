@@ -74,6 +74,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope
 from mailcarrier.settings import Settings
 from mailcarrier.submission import auth, replies
 from mailcarrier.submission.headers import HeaderProblem, from_addresses
+from mailcarrier.submission.throttle import AuthThrottle
 from mailcarrier.submission.principal import (
     Accepted,
     Acceptor,
@@ -427,6 +428,7 @@ class SubmissionSMTP(SMTP):
         authenticator: Authenticator,
         acceptor: Acceptor,
         loop: asyncio.AbstractEventLoop,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         super().__init__(
             None,
@@ -441,6 +443,7 @@ class SubmissionSMTP(SMTP):
         self._ssl_context = ssl_context
         self._auth_source = authenticator
         self._acceptor = acceptor
+        self._throttle = throttle or AuthThrottle()
         self._peer_ip = ""
         self._peer_text = "?"
         self._tls_active = False
@@ -673,6 +676,11 @@ class SubmissionSMTP(SMTP):
         assert self.session is not None and self.envelope is not None
         if self._auth_failures >= _MAX_AUTH_FAILURES:
             raise CommandRefused(replies.AUTH_TOO_MANY_FAILURES_421_4_7_0, closes=True)
+        wait = self._throttle.wait(self._peer_ip)
+        if wait:
+            raise CommandRefused(
+                replies.AUTH_THROTTLED_454_4_7_0.format(seconds=int(wait) + 1)
+            )
         if not self.session.extended_smtp:
             raise CommandRefused(replies.AUTH_NEEDS_EHLO_503_5_5_1)
         if not self._tls_active:
@@ -694,6 +702,7 @@ class SubmissionSMTP(SMTP):
             await self.push(replies.AUTH_OK_235_2_7_0)
             return
         self._auth_failures += 1
+        self._throttle.failed(self._peer_ip)
         if result.success:
             log.error("AUTH %s succeeded without a Principal; refused", mechanism)
             await self.push(replies.AUTH_TEMPORARY_FAILURE_454_4_7_0)
@@ -899,6 +908,8 @@ async def start_submission(
     _require_tls_1_2(ssl_context)
     loop = asyncio.get_running_loop()
 
+    throttle = AuthThrottle()
+
     def session() -> SubmissionSMTP:
         return SubmissionSMTP(
             settings=settings,
@@ -906,6 +917,7 @@ async def start_submission(
             authenticator=authenticator,
             acceptor=acceptor,
             loop=loop,
+            throttle=throttle,
         )
 
     tls: dict[str, Any] = {}
