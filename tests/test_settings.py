@@ -276,3 +276,25 @@ def test_two_listeners_on_one_address_are_refused_by_name() -> None:
 def test_a_hostname_with_spaces_is_refused() -> None:
     with pytest.raises(SettingsError, match="MAILCARRIER_HOSTNAME"):
         load_settings(hostname="bad host name!")
+
+
+@pytest.mark.parametrize(
+    ("given", "resolved"),
+    [
+        ("postgresql://mc@db.internal/mail", "postgresql+asyncpg://mc@db.internal/mail"),
+        ("postgres://mc@db.internal/mail", "postgresql+asyncpg://mc@db.internal/mail"),
+        ("sqlite:////var/lib/mc.db", "sqlite+aiosqlite:////var/lib/mc.db"),
+        ("postgresql+asyncpg://mc@db/mail", "postgresql+asyncpg://mc@db/mail"),
+    ],
+)
+def test_database_urls_get_the_async_driver_filled_in(given: str, resolved: str) -> None:
+    assert load_settings(database_url=given).database_url_resolved == resolved
+
+
+def test_an_unsupported_database_is_named_without_its_password() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(database_url="mysql://mc:hunter2@db/mail")
+    assert "MAILCARRIER_DATABASE_URL: unsupported database URL scheme 'mysql'" in str(
+        error.value
+    )
+    assert "hunter2" not in str(error.value)

@@ -169,9 +169,23 @@ async def prepare(settings: Settings) -> int:
     db = Database(settings.database_url_resolved)
     try:
         await db.migrate()
+        await _check_trusted_resources(settings, db)
         return await q.release_node(db, settings.node)
     finally:
         await db.close()
+
+
+async def _check_trusted_resources(settings: Settings, db: Database) -> None:
+    from mailcarrier.identity.store import resource_by_name
+
+    async with db.read() as conn:
+        for entry in settings.trusted:
+            if await resource_by_name(conn, entry.resource) is None:
+                raise StartupError(
+                    f"MAILCARRIER_TRUSTED_NETWORKS binds {entry.network} to resource "
+                    f"{entry.resource!r}, which does not exist; name an existing "
+                    "resource (`mailcarrier init` makes `default`)"
+                )
 
 
 async def release_worker(settings: Settings, pid: int) -> int:
@@ -212,7 +226,7 @@ def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> None:
         ) from exc
     try:
         released = asyncio.run(prepare(settings))
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, SQLAlchemyError, ImportError) as exc:
         shown = make_url(settings.database_url_resolved).render_as_string(
             hide_password=True
         )

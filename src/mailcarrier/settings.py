@@ -79,6 +79,14 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
     return HostPort(host, int(port_text))
 
 
+_ASYNC_DRIVERS = {
+    "postgresql://": "postgresql+asyncpg://",
+    "postgres://": "postgresql+asyncpg://",
+    "sqlite://": "sqlite+aiosqlite://",
+}
+_SUPPORTED_DATABASES = (*_ASYNC_DRIVERS, "postgresql+asyncpg://", "sqlite+aiosqlite://")
+
+
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
     r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
@@ -213,6 +221,18 @@ class Settings(BaseSettings):
             parse_host_port(value)
         return value.strip()
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(_SUPPORTED_DATABASES):
+            scheme = value.split(":", 1)[0] if ":" in value else value[:20]
+            raise SettingsError(
+                f"unsupported database URL scheme {scheme!r}; use "
+                "postgresql://user@host/db (asyncpg) or sqlite:///path/to/file.db"
+            )
+        return value
+
     @field_validator("routes", "trusted_networks", "resolver")
     @classmethod
     def _check_lists(cls, value: str, info: Any) -> str:
@@ -229,9 +249,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def database_url_resolved(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'mailcarrier.db').resolve()}"
+        """The URL with mailcarrier's async driver filled in where left out."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'mailcarrier.db').resolve()}"
+        for plain, driver in _ASYNC_DRIVERS.items():
+            if url.startswith(plain):
+                return driver + url[len(plain):]
+        return url
 
     @cached_property
     def static_routes(self) -> list[StaticRoute]:

@@ -305,3 +305,62 @@ async def test_one_message_to_two_domains_is_signed_once_and_sent_twice(
         status = (await conn.execute(select(messages.c.status))).scalar_one()
     assert states == ["done", "done"]
     assert status == "Delivered"
+
+
+async def test_a_message_that_cannot_be_made_seven_bit_bounces_with_5_6_3(
+    db: Database, setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailcarrier.delivery.worker as worker_module
+
+    def too_deep(message: bytes) -> bytes:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(worker_module, "downgrade_to_7bit", too_deep)
+    pool = ScriptedPool(eight_bit_ok=False)
+    worker = make_worker(setup, db, ScriptedRouter(), pool)
+    worker.start()
+    try:
+        message_id = await submit(setup, db, worker, body="Grüße\r\n".encode())
+        shown = await settled(db, message_id)
+    finally:
+        await worker.stop()
+    [rcpt] = shown["recipients"]
+    assert (rcpt["status"], rcpt["enhancedSmtpStatusCode"]) == ("Bounced", "5.6.3")
+    assert "cannot be converted to 7 bit" in rcpt["response"]
+    assert shown["status"] == "Failed"
+
+
+class StalledPool(ScriptedPool):
+    """Never answers: deliveries stay in flight until cancelled."""
+
+    async def deliver(self, hosts: Sequence[Host], envelope: Envelope
+                      ) -> list[RecipientResult]:
+        self.done.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_stopping_gives_back_leases_and_flags_only_deliveries_cut_short(
+    db: Database, setup: dict[str, Any]
+) -> None:
+    pool = StalledPool()
+    worker = make_worker(setup, db, ScriptedRouter(), pool)
+    worker.start()
+    in_flight = await submit(setup, db, worker)
+    await pool.done.wait()
+    worker._stopping = False  # noqa: SLF001 - hold the next one in the waiting line
+    worker._concurrency = asyncio.Semaphore(0)  # noqa: SLF001
+    waiting = await submit(setup, db, worker)
+    await worker.stop(grace=0.05)
+    async with db.read() as conn:
+        rows = {
+            r.message_id: r
+            for r in await conn.execute(
+                select(queue.c.message_id, queue.c.state, queue.c.lease_owner,
+                       queue.c.possible_duplicate)
+            )
+        }
+    assert {m: (r.state, r.lease_owner) for m, r in rows.items()} == {
+        in_flight: ("ready", None), waiting: ("ready", None)}
+    assert rows[in_flight].possible_duplicate is True
+    assert rows[waiting].possible_duplicate is False

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from mailcarrier.bootstrap import initialize
 from mailcarrier.delivery.queue import QueueJob
@@ -437,3 +437,36 @@ async def test_concurrent_accepts_are_all_stored(
     ids = {r.message_id for r in results if isinstance(r, Accepted)}
     assert len(ids) == 20
     assert {m.id for m in await rows(db, messages)} == ids
+
+
+async def test_an_all_ascii_envelope_does_not_ask_for_smtputf8(
+    acceptor: StoreAcceptor, principal: Principal, domain: str, db: Database
+) -> None:
+    sender = f"donotreply@{domain}"
+    result = await acceptor.accept(
+        principal, sender, ["ann@example.net"],
+        f"From: {sender}\r\n\r\nhi\r\n".encode(), smtputf8=True,
+    )
+    assert isinstance(result, Accepted)
+    async with db.read() as conn:
+        flag = await conn.scalar(
+            select(messages.c.smtputf8).where(messages.c.id == result.message_id)
+        )
+    assert flag is False
+
+
+async def test_accepting_while_stopping_says_421_and_stores_nothing(
+    db: Database, principal: Principal, domain: str
+) -> None:
+    sender = f"donotreply@{domain}"
+    commits = CommitGroup(db)
+    await commits.close()
+    acceptor = StoreAcceptor(db, commits)
+    result = await acceptor.accept(
+        principal, sender, ["ann@example.net"],
+        f"From: {sender}\r\n\r\nhi\r\n".encode(), smtputf8=False,
+    )
+    assert isinstance(result, Refusal)
+    assert (result.code, result.enhanced) == (421, "4.3.2")
+    async with db.read() as conn:
+        assert await conn.scalar(select(func.count()).select_from(messages)) == 0

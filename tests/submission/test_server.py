@@ -837,3 +837,15 @@ async def test_client_closing_during_accept_does_not_cancel_it(
     await asyncio.sleep(0.05)
 
     assert len(smtpd.acceptor.accepted) == 1
+
+
+async def test_a_stopping_service_answers_421_and_closes_the_session(
+    smtpd: Harness,
+) -> None:
+    smtpd.acceptor.result = replies.SHUTTING_DOWN
+    client = await logged_in_client(smtpd)
+
+    reply = await send_message(client, message())
+
+    assert reply.text == "421 4.3.2 Service shutting down, try again later"
+    assert await client.read_until_closed(timeout=1) == b""

@@ -324,6 +324,26 @@ async def release_node(db: Database, node: str) -> int:
         return result.rowcount or 0
 
 
+async def release_owner(db: Database, owner: str, *, in_flight: Sequence[str]) -> int:
+    """Give back every lease a stopping worker holds.
+
+    ``in_flight`` names entries whose delivery was cut short: the remote
+    server may have the message, so they are marked possible duplicates.
+    The others were never started and go back as they were.
+    """
+    released = {"state": READY, "lease_owner": None, "lease_expires_at": None}
+    mine = and_(queue.c.state == LEASED, queue.c.lease_owner == owner)
+    async with db.write() as conn:
+        if in_flight:
+            await conn.execute(
+                update(queue)
+                .where(mine, queue.c.id.in_(list(in_flight)))
+                .values(possible_duplicate=True, **released)
+            )
+        result = await conn.execute(update(queue).where(mine).values(**released))
+        return (result.rowcount or 0) + len(in_flight)
+
+
 # Recording outcomes ----------------------------------------------------------
 
 

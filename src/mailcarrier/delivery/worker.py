@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 DKIM_CACHE_SECONDS = 60.0
 
 
+class ConversionImpossible(Exception):
+    """8-bit content for a server without 8BITMIME that can't be made 7-bit."""
+
+    enhanced = "5.6.3"  # RFC 3463: conversion required but not supported
+
+
 def recipient_status(action: Action, *, expired: bool) -> str:
     """The recorded status of a recipient after one attempt's result."""
     if action is Action.DELIVERED:
@@ -94,7 +100,7 @@ class DeliveryWorker:
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], q.QueueJob] = {}
         self._keys: dict[str, tuple[float, DkimSigner | None]] = {}
         self._turns: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._rng = random.Random()
@@ -109,6 +115,9 @@ class DeliveryWorker:
         self._waiting.extend(jobs)
         self._wakeup.set()
 
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+
     def _load(self) -> int:
         return len(self._waiting) + self._in_flight
 
@@ -122,17 +131,28 @@ class DeliveryWorker:
         ]
 
     async def stop(self, *, grace: float = 10.0) -> None:
-        """Stop taking work, let running deliveries finish for ``grace`` s."""
+        """Stop taking work, let running deliveries finish for ``grace`` s.
+
+        Then every lease still held goes back to the queue, so a restart
+        (or another worker) carries on at once; deliveries cut short are
+        marked possible duplicates, entries never started are not.
+        """
         self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._running:
-            await asyncio.wait(self._running, timeout=grace)
+            await asyncio.wait(list(self._running), timeout=grace)
+        cut_short = [job.queue_id for task, job in self._running.items()
+                     if not task.done()]
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self._pool.close()
+        try:
+            await q.release_owner(self._db, self.owner, in_flight=cut_short)
+        except Exception:
+            log.exception("could not give back leases; they expire on their own")
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -143,8 +163,8 @@ class DeliveryWorker:
                 job = self._waiting.popleft()
                 self._in_flight += 1
                 task = asyncio.create_task(self._run_job(job))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._running[task] = job
+                task.add_done_callback(self._forget)
 
     async def _claim_loop(self) -> None:
         while True:
@@ -210,7 +230,10 @@ class DeliveryWorker:
         # transactions whose reply a crash could lose never outnumber the
         # connections this worker may have open to the destination.
         async with self._turn(route.hosts):
-            results = await self._pool.deliver(route.hosts, envelope)
+            try:
+                results = await self._pool.deliver(route.hosts, envelope)
+            except ConversionImpossible as exc:
+                results = self._same_result(job, Action.BOUNCE, exc)
             await self._record(job, results)
 
     def _turn(self, hosts: Sequence[Host]) -> asyncio.Semaphore:
@@ -224,7 +247,7 @@ class DeliveryWorker:
         return turn
 
     def _same_result(
-        self, job: q.QueueJob, action: Action, error: RouteError
+        self, job: q.QueueJob, action: Action, error: RouteError | ConversionImpossible
     ) -> list[RecipientResult]:
         return [
             RecipientResult(address, action, None, error.enhanced, str(error), None,
@@ -257,7 +280,16 @@ class DeliveryWorker:
         cached = message.rendered.get(wire_ok)
         if cached is not None:
             return cached
-        content = message.content if wire_ok else downgrade_to_7bit(message.content)
+        if wire_ok:
+            content = message.content
+        else:
+            try:
+                content = downgrade_to_7bit(message.content)
+            except (RecursionError, ValueError, LookupError) as exc:
+                raise ConversionImpossible(
+                    "the next hop lacks 8BITMIME and this message cannot be "
+                    f"converted to 7 bit ({type(exc).__name__})"
+                ) from exc
         rendered = signer.sign(content) + content if signer else content
         message.rendered[wire_ok] = rendered
         return rendered

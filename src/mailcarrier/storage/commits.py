@@ -30,6 +30,12 @@ from mailcarrier.storage.db import Database
 log = logging.getLogger(__name__)
 
 Rows = list[dict[str, Any]]
+
+
+class CommitGroupClosed(RuntimeError):
+    """The process is stopping; nothing more is written through this group."""
+
+
 Op = tuple[Executable, Rows]
 
 
@@ -56,6 +62,10 @@ class CommitGroup:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="commit-group")
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
         """Finish what was submitted, then stop."""
         self._closed = True
@@ -67,7 +77,7 @@ class CommitGroup:
     async def submit(self, ops: Sequence[Op]) -> None:
         """Return once ``ops`` are committed durably; raise if they failed."""
         if self._closed:
-            raise RuntimeError("commit group is closed")
+            raise CommitGroupClosed("commit group is closed")
         if self._task is None:
             self.start()
         job = _Job(ops)

@@ -27,7 +27,7 @@ from email.policy import SMTP
 from mailcarrier.addresses import AddressError, split_address
 from mailcarrier.delivery.queue import QueueJob, accept_ops
 from mailcarrier.domains.store import VERIFIED, sender_record
-from mailcarrier.storage.commits import CommitGroup
+from mailcarrier.storage.commits import CommitGroup, CommitGroupClosed
 from mailcarrier.storage.db import Database
 from mailcarrier.submission import replies
 from mailcarrier.submission.headers import HeaderProblem, from_addresses
@@ -126,6 +126,8 @@ class StoreAcceptor:
         *,
         smtputf8: bool,
     ) -> Accepted | Refusal:
+        if self._commits.closed:
+            return replies.SHUTTING_DOWN
         header_from = _header_from(content)
         if header_from is None:
             return replies.NO_FROM_HEADER
@@ -135,6 +137,9 @@ class StoreAcceptor:
             return Refusal(553, "5.1.3", f"bad recipient address: {exc}")
         message_id = str(uuid.uuid4())
         content, internet_id = _complete_headers(content, message_id, header_from)
+        # Delivery asks for SMTPUTF8 only when an envelope address needs it;
+        # UTF-8 in headers alone travels as 8-bit content (or is encoded).
+        smtputf8 = smtputf8 and not all(a.isascii() for a in [mail_from, *rcpt_tos])
         now = time.time()
         handoff = self._handoff
         leased = handoff is not None and handoff.has_room(len(by_domain))
@@ -152,7 +157,10 @@ class StoreAcceptor:
             lease_owner=handoff.owner if leased and handoff else None,
             lease_until=now + handoff.lease_seconds if leased and handoff else None,
         )
-        await self._commits.submit(ops)
+        try:
+            await self._commits.submit(ops)
+        except CommitGroupClosed:
+            return replies.SHUTTING_DOWN
         log.info(
             "%s accepted from=<%s> size=%d nrcpt=%d source=%s resource=%s",
             message_id, mail_from, len(content), len(rcpt_tos),

@@ -93,6 +93,7 @@ NESTED_MAIL_503_5_5_1 = "503 5.5.1 Sender already specified"
 NEEDS_MAIL_503_5_5_1 = "503 5.5.1 Need MAIL command first"
 NEEDS_RCPT_503_5_5_1 = "503 5.5.1 Need RCPT command first"
 # Also returned by the Acceptor, which checks the header on its own.
+SHUTTING_DOWN = Refusal(421, "4.3.2", "Service shutting down, try again later")
 NO_FROM_HEADER = Refusal(550, "5.6.0", "Message has no From header field")
 NO_FROM_HEADER_550_5_6_0 = NO_FROM_HEADER.reply
 MALFORMED_HEADER_550_5_6_0 = "550 5.6.0 Malformed header section: {detail}"

@@ -845,7 +845,10 @@ class SubmissionSMTP(SMTP):
         content = data.content()
         for address in header_senders(content):
             await self._check_sender(address)
-        await self.push(await self._accept(envelope, content))
+        reply = await self._accept(envelope, content)
+        await self.push(reply)
+        if reply.startswith("421"):
+            self._quitting = True  # RFC 5321 4.2.2: 421 closes the channel
 
     async def _check_sender(self, address: str) -> None:
         assert self._principal is not None
