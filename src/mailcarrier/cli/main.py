@@ -265,8 +265,9 @@ def _list_queue(as_json: bool, state: str) -> None:
     table = Table("id", "message", "domain", "state", "attempts", "next", "last error")
     for i in items:
         wait = max(0, int(i["nextAttemptAt"] - time.time()))
+        due = "on retry" if i["state"] == "held" else f"in {wait}s"
         table.add_row(i["id"], i["messageId"], i["domain"], i["state"],
-                      str(i["attempts"]), f"in {wait}s", i["lastError"] or "")
+                      str(i["attempts"]), due, i["lastError"] or "")
     console.print(table)
     console.print(f"{len(items)} entries")
 
