@@ -248,3 +248,42 @@ def test_every_accepted_message_survives_a_sigkill_and_duplicates_are_flagged(
     assert len(duplicates) <= 40
     for header, shown in flagged.items():
         assert all(r["possibleDuplicate"] for r in shown["recipients"]), header
+
+
+def test_a_sigterm_under_load_stops_cleanly_and_loses_or_repeats_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    with SmtpSink("slow_data", delay=0.2, keep_body=False) as sink:
+        service = RunningService(
+            tmp_path,
+            database_url=database_url,
+            workers=2,
+            env={
+                "MAILCARRIER_ROUTES": f"*=127.0.0.1:{sink.port}",
+                "MAILCARRIER_TRUSTED_NETWORKS": "127.0.0.0/8=default",
+            },
+        )
+        service.start()
+        submitter = Submitter(service.smtp_port, service.credentials["senderAddress"])
+        submitter.start()
+        deadline = time.monotonic() + 60
+        while submitter.count() < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        service.stop()
+        log_after_stop = service.log()
+        service.start()
+        submitter.join()
+        accepted = dict(submitter.accepted)
+        sink.wait_until(
+            lambda s: set(accepted) <= set(s.count_by_message_id()), timeout=180
+        )
+        time.sleep(1.0)
+        counts = sink.count_by_message_id()
+        flagged = [
+            m for m in service.cli_json("messages", "list", "--limit", "5000")
+            if any(r["possibleDuplicate"] for r in m["recipients"])
+        ]
+        service.stop()
+    assert "Traceback" not in log_after_stop
+    assert [h for h, n in counts.items() if n > 1] == []
+    assert flagged == []
