@@ -31,20 +31,9 @@ def domain_to_ascii(domain: str) -> str:
         raise AddressError(f"domain {domain!r} is not a valid domain name: {exc}")
 
 
-def domain_to_unicode(domain: str) -> str:
-    try:
-        return idna.decode(domain)
-    except idna.IDNAError:
-        return domain
-
-
 def split_address(address: str) -> tuple[str, str]:
     """Local part and ASCII domain of ``local@domain``."""
     local, sep, domain = address.strip().rpartition("@")
     if not sep or not local or not domain:
         raise AddressError(f"{address!r} is not an address of the form local@domain")
     return local, domain_to_ascii(domain)
-
-
-def needs_smtputf8(address: str) -> bool:
-    return not address.isascii()

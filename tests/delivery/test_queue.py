@@ -545,13 +545,6 @@ async def test_purge_of_unknown_ids_does_nothing(db: Database) -> None:
     assert (await one(db, queue, queue.c.id == job.queue_id)).state == "ready"
 
 
-async def test_oldest_due_is_the_earliest_ready_time(db: Database) -> None:
-    await enqueue(db, now=NOW + 30)
-    await enqueue(db, now=NOW + 10)
-    await enqueue(db, now=NOW, owner="n1:1:1", lease_until=NOW + LEASE)
-
-    assert await q.oldest_due(db) == NOW + 10
-
 
 async def test_queue_entries_list_open_entries_by_state(
     db: Database, commits: CommitGroup

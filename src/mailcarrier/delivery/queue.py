@@ -626,10 +626,3 @@ def _purged_log_row(row: Any, now: float) -> dict[str, Any]:
         "FailureReason": "Purged",
         "FailureMessage": PURGED_RESPONSE,
     }
-
-
-async def oldest_due(db: Database) -> float | None:
-    async with db.read() as conn:
-        return await conn.scalar(
-            select(func.min(queue.c.next_attempt_at)).where(queue.c.state == READY)
-        )

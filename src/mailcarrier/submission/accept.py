@@ -20,7 +20,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
 
@@ -37,8 +36,6 @@ log = logging.getLogger(__name__)
 
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _DATE = re.compile(rb"^date[ \t]*:", re.IGNORECASE | re.MULTILINE)
-
-Handoff = Callable[[list[QueueJob]], None]
 
 # A sender's verdict is reused for a few seconds: a busy submitter checks
 # the same two addresses for every message. A domain unlinked or a sender
