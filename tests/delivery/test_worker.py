@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,18 @@ def make_worker(setup: dict[str, Any], db: Database, router: Any, pool: Any,
     return worker
 
 
+@asynccontextmanager
+async def running(setup: dict[str, Any], db: Database, router: Any, pool: Any,
+                  **settings: Any) -> AsyncIterator[DeliveryWorker]:
+    """A started worker, stopped on the way out."""
+    worker = make_worker(setup, db, router, pool, **settings)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
 async def submit(setup: dict[str, Any], db: Database, worker: DeliveryWorker | None,
                  body: bytes = b"hello\r\n", rcpts: list[str] | None = None) -> str:
     sender = setup["creds"]["senderAddress"]
@@ -133,13 +146,9 @@ async def test_handed_off_mail_is_signed_delivered_and_recorded(
     db: Database, setup: dict[str, Any]
 ) -> None:
     pool = ScriptedPool()
-    worker = make_worker(setup, db, ScriptedRouter(), pool)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), pool) as worker:
         message_id = await submit(setup, db, worker)
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     assert shown["status"] == "Delivered"
     [rcpt] = shown["recipients"]
     assert (rcpt["status"], rcpt["smtpStatusCode"], rcpt["remoteHost"]) == (
@@ -156,12 +165,8 @@ async def test_queued_mail_is_claimed_when_nothing_handed_it_over(
 ) -> None:
     message_id = await submit(setup, db, None)
     pool = ScriptedPool()
-    worker = make_worker(setup, db, ScriptedRouter(), pool)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), pool):
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     assert shown["recipients"][0]["status"] == "Delivered"
     assert len(pool.sent) == 1
 
@@ -170,14 +175,10 @@ async def test_a_temporary_failure_keeps_the_recipient_queued_for_later(
     db: Database, setup: dict[str, Any]
 ) -> None:
     pool = ScriptedPool(Action.RETRY, code=451)
-    worker = make_worker(setup, db, ScriptedRouter(), pool)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), pool) as worker:
         message_id = await submit(setup, db, worker)
         await pool.done.wait()
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     [rcpt] = shown["recipients"]
     assert (rcpt["status"], rcpt["attempts"], rcpt["smtpStatusCode"]) == (
         "Queued", 1, 451)
@@ -192,13 +193,9 @@ async def test_a_temporary_failure_past_the_lifetime_fails_the_recipient(
     db: Database, setup: dict[str, Any]
 ) -> None:
     pool = ScriptedPool(Action.RETRY, code=451)
-    worker = make_worker(setup, db, ScriptedRouter(), pool, max_queue_lifetime=0.001)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), pool, max_queue_lifetime=0.001) as worker:
         message_id = await submit(setup, db, worker)
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     assert shown["status"] == "Failed"
     assert shown["recipients"][0]["status"] == "Failed"
     assert shown["queue"][0]["state"] == "done"
@@ -213,13 +210,9 @@ async def test_a_null_mx_bounces_at_once_with_the_reason(
     error = PermanentRouteError("example.test does not accept mail (null MX)",
                                 "5.1.10")
     pool = ScriptedPool()
-    worker = make_worker(setup, db, ScriptedRouter(error), pool)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(error), pool) as worker:
         message_id = await submit(setup, db, worker)
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     [rcpt] = shown["recipients"]
     assert rcpt["status"] == "Bounced"
     assert rcpt["enhancedSmtpStatusCode"] == "5.1.10"
@@ -231,14 +224,10 @@ async def test_an_unexpected_error_quarantines_the_message_and_retry_releases_it
     db: Database, setup: dict[str, Any]
 ) -> None:
     broken = ScriptedPool(fail=RuntimeError("corrupt row"))
-    worker = make_worker(setup, db, ScriptedRouter(), broken)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), broken) as worker:
         message_id = await submit(setup, db, worker)
         await broken.done.wait()
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     assert shown["status"] == "Quarantined"
     assert shown["quarantineReason"] == "RuntimeError: corrupt row"
     assert shown["queue"][0]["state"] == "held"
@@ -246,15 +235,11 @@ async def test_an_unexpected_error_quarantines_the_message_and_retry_releases_it
 
     assert await q.retry_now(db, [message_id], now=time.time()) == 1
     healthy = ScriptedPool()
-    worker = make_worker(setup, db, ScriptedRouter(), healthy)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), healthy) as worker:
         shown = await settled(db, message_id)
         while shown["status"] != "Delivered":
             await asyncio.sleep(0.02)
             shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     assert shown["recipients"][0]["status"] == "Delivered"
     assert len(healthy.sent) == 1
 
@@ -263,9 +248,7 @@ async def test_eight_bit_content_is_made_seven_bit_for_a_server_without_8bitmime
     db: Database, setup: dict[str, Any]
 ) -> None:
     pool = ScriptedPool(eight_bit_ok=False)
-    worker = make_worker(setup, db, ScriptedRouter(), pool)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), pool) as worker:
         body = ("Content-Type: text/plain; charset=utf-8\r\n"
                 "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße\r\n").encode()
         sender = setup["creds"]["senderAddress"]
@@ -275,8 +258,6 @@ async def test_eight_bit_content_is_made_seven_bit_for_a_server_without_8bitmime
                                        content + body, smtputf8=False)
         assert isinstance(result, Accepted)
         await settled(db, result.message_id)
-    finally:
-        await worker.stop()
     [(_envelope, data)] = pool.sent
     assert data.isascii()
     record = setup["creds"]["dkim"]["value"].encode()
@@ -287,14 +268,10 @@ async def test_one_message_to_two_domains_is_signed_once_and_sent_twice(
     db: Database, setup: dict[str, Any]
 ) -> None:
     pool = ScriptedPool()
-    worker = make_worker(setup, db, ScriptedRouter(), pool)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), pool) as worker:
         message_id = await submit(setup, db, worker,
                                   rcpts=["a@one.test", "b@two.test", "c@two.test"])
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     assert shown["status"] == "Delivered"
     assert sorted(sorted(e.recipients) for e, _ in pool.sent) == [
         ["a@one.test"], ["b@two.test", "c@two.test"]]
@@ -317,13 +294,9 @@ async def test_a_message_that_cannot_be_made_seven_bit_bounces_with_5_6_3(
 
     monkeypatch.setattr(worker_module, "downgrade_to_7bit", too_deep)
     pool = ScriptedPool(eight_bit_ok=False)
-    worker = make_worker(setup, db, ScriptedRouter(), pool)
-    worker.start()
-    try:
+    async with running(setup, db, ScriptedRouter(), pool) as worker:
         message_id = await submit(setup, db, worker, body="Grüße\r\n".encode())
         shown = await settled(db, message_id)
-    finally:
-        await worker.stop()
     [rcpt] = shown["recipients"]
     assert (rcpt["status"], rcpt["enhancedSmtpStatusCode"]) == ("Bounced", "5.6.3")
     assert "cannot be converted to 7 bit" in rcpt["response"]
