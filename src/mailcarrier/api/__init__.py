@@ -1,0 +1,1 @@
+"""HTTP API layer: the ACS-compatible request handling for mailcarrier."""
