@@ -264,6 +264,28 @@ recipients = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+# REST send operations: the long-running operation each POST /emails:send
+# starts, keyed per resource by its Operation-Id (the idempotency key).
+operations = Table(
+    "operations",
+    metadata,
+    Column(
+        "resource_id",
+        String(UUID_LEN),
+        ForeignKey("resources.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("id", String(64), primary_key=True),
+    # SHA-256 of the request body, to tell a retry from a different request.
+    Column("body_sha256", String(64), nullable=False),
+    Column("message_id", String(UUID_LEN), nullable=True),
+    Column("status", String(16), nullable=False),  # Running | Succeeded | Failed
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 # Logs (ACS column names) ---------------------------------------------------
 
 send_mail_log = Table(
