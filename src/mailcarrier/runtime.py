@@ -37,7 +37,7 @@ from mailcarrier.tls import ensure_tls_files, server_context
 
 log = logging.getLogger(__name__)
 
-ALL_ROLES = ("submission", "delivery")
+ALL_ROLES = ("submission", "api", "delivery")
 KNOWN_ROLES = ("submission", "api", "delivery", "dns", "bounce")
 
 
@@ -60,9 +60,10 @@ def configure_logging(level: str) -> None:
 class Listeners:
     smtp: socket.socket | None = None
     smtps: socket.socket | None = None
+    api: socket.socket | None = None
 
     def close(self) -> None:
-        for sock in (self.smtp, self.smtps):
+        for sock in (self.smtp, self.smtps, self.api):
             if sock is not None:
                 sock.close()
 
@@ -91,6 +92,8 @@ class Worker:
     commits: CommitGroup | None = None
     delivery: DeliveryWorker | None = None
     servers: list[Any] = field(default_factory=list)
+    api_server: Any = None
+    api_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from mailcarrier.submission.server import start_submission
@@ -102,9 +105,11 @@ class Worker:
         if "delivery" in self.roles:
             self.delivery = DeliveryWorker(settings, self.db, self.commits)
             self.delivery.start()
+        acceptor = StoreAcceptor(self.db, self.commits, handoff=self.delivery)
+        if "api" in self.roles and self.listeners.api is not None:
+            await self._start_api(acceptor)
         if "submission" in self.roles:
             context = server_context(ensure_tls_files(settings))
-            acceptor = StoreAcceptor(self.db, self.commits, handoff=self.delivery)
             authenticator = StoreAuthenticator(settings, self.db)
             for sock, implicit in ((self.listeners.smtp, False),
                                    (self.listeners.smtps, True)):
@@ -118,7 +123,29 @@ class Worker:
                     )
                 )
 
+    async def _start_api(self, acceptor: StoreAcceptor) -> None:
+        import uvicorn
+
+        from mailcarrier.api.app import create_app
+
+        assert self.db is not None and self.listeners.api is not None
+        files = ensure_tls_files(self.settings)
+        config = uvicorn.Config(
+            create_app(self.settings, self.db, acceptor),
+            ssl_certfile=str(files.cert), ssl_keyfile=str(files.key),
+            log_level="warning", lifespan="off", access_log=False,
+            server_header=False,
+        )
+        self.api_server = uvicorn.Server(config)
+        self.api_server.install_signal_handlers = lambda: None  # type: ignore
+        self.api_task = asyncio.create_task(
+            self.api_server.serve(sockets=[self.listeners.api])
+        )
+
     async def stop(self) -> None:
+        if self.api_server is not None and self.api_task is not None:
+            self.api_server.should_exit = True
+            await asyncio.wait([self.api_task], timeout=10)
         for server in self.servers:
             server.close()
         for server in self.servers:
@@ -237,6 +264,8 @@ def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> None:
     if released:
         log.info("took back %d queue leases left by a previous run", released)
     listeners = Listeners()
+    if "api" in roles:
+        listeners.api = bind(settings.api_address, "the HTTPS API")
     if "submission" in roles:
         if settings.smtp_address:
             listeners.smtp = bind(settings.smtp_address, "SMTP submission")
@@ -267,8 +296,9 @@ def _supervise(settings: Settings, roles: tuple[str, ...], listeners: Listeners)
 
     workers = [spawn() for _ in range(settings.worker_count)]
     log.info(
-        "mailcarrier serving with %d workers: SMTP %s, SMTPS %s",
+        "mailcarrier serving with %d workers: SMTP %s, SMTPS %s, API %s",
         len(workers), settings.smtp_listen or "off", settings.smtps_listen or "off",
+        settings.api_listen if "api" in roles else "off",
     )
     while not stopping:
         time.sleep(0.2)

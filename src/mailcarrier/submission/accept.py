@@ -20,13 +20,14 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
 
 from mailcarrier.addresses import AddressError, split_address
 from mailcarrier.delivery.queue import QueueJob, accept_ops
 from mailcarrier.domains.store import VERIFIED, sender_record
-from mailcarrier.storage.commits import CommitGroup, CommitGroupClosed
+from mailcarrier.storage.commits import CommitGroup, CommitGroupClosed, Op
 from mailcarrier.storage.db import Database
 from mailcarrier.submission import replies
 from mailcarrier.submission.headers import HeaderProblem, from_addresses
@@ -122,7 +123,16 @@ class StoreAcceptor:
         content: bytes,
         *,
         smtputf8: bool,
+        extra_ops: Sequence[Op] = (),
+        counts: dict[str, int] | None = None,
+        traffic_source: str | None = None,
     ) -> Accepted | Refusal:
+        """Store the message durably; return only after the commit.
+
+        ``extra_ops`` are written in the same transaction (the REST API's
+        operation row); ``counts`` are the To/Cc/Bcc/attachment counts for
+        the send-mail log when the caller knows them.
+        """
         if self._commits.closed:
             return replies.SHUTTING_DOWN
         header_from = _header_from(content)
@@ -148,12 +158,14 @@ class StoreAcceptor:
             internet_message_id=internet_id,
             content=content,
             smtputf8=smtputf8,
-            traffic_source=self._traffic_source,
+            traffic_source=traffic_source or self._traffic_source,
             by_domain=by_domain,
             now=now,
             lease_owner=handoff.owner if leased and handoff else None,
             lease_until=now + handoff.lease_seconds if leased and handoff else None,
+            counts=counts,
         )
+        ops = [*ops, *extra_ops]
         try:
             await self._commits.submit(ops)
         except CommitGroupClosed:
@@ -161,7 +173,7 @@ class StoreAcceptor:
         log.info(
             "%s accepted from=<%s> size=%d nrcpt=%d source=%s resource=%s",
             message_id, mail_from, len(content), len(rcpt_tos),
-            self._traffic_source, principal.resource_name,
+            traffic_source or self._traffic_source, principal.resource_name,
         )
         if leased and handoff is not None:
             handoff.take(jobs)

@@ -1,0 +1,169 @@
+"""The unmodified azure-communication-email SDK against a running service."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import email
+import email.policy
+import email.utils
+import ssl
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dkim
+import httpx
+import pytest
+
+from mailcarrier.identity.hmac_auth import (
+    content_hash,
+    parse_connection_string,
+    sign,
+    string_to_sign,
+)
+
+from tests.peers.sink import SmtpSink
+from tests.service import RunningService
+
+pytestmark = pytest.mark.slow
+
+sdk = pytest.importorskip("azure.communication.email")
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
+    "hgGAWjR9awAAAABJRU5ErkJggg=="
+)
+PDF = b"%PDF-1.4\n% made up for a test\n" + bytes(range(256))
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[tuple[RunningService, SmtpSink]]:
+    with SmtpSink() as sink:
+        running = RunningService(
+            tmp_path, env={"MAILCARRIER_ROUTES": f"*=127.0.0.1:{sink.port}"}
+        )
+        running.start()
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", running.credentials["caCertificate"])
+        try:
+            yield running, sink
+        finally:
+            running.stop()
+
+
+def rich_message(sender: str) -> dict:
+    return {
+        "senderAddress": sender,
+        "recipients": {
+            "to": [{"address": "ann@example.test", "displayName": "Ann Ünïcødé"}],
+            "cc": [{"address": "carl@example.test"}],
+            "bcc": [{"address": "hidden@example.test"}],
+        },
+        "content": {
+            "subject": "Grüße – 日本語 ✓",
+            "plainText": "Hello from the SDK.",
+            "html": "<p>Hello <img src=\"cid:logo\"></p>",
+        },
+        "attachments": [
+            {"name": "Überweisung März.pdf", "contentType": "application/pdf",
+             "contentInBase64": base64.b64encode(PDF).decode()},
+            {"name": "logo.png", "contentType": "image/png", "contentId": "logo",
+             "contentInBase64": base64.b64encode(PNG).decode()},
+        ],
+    }
+
+
+def test_the_sdk_sends_and_the_message_arrives_whole_and_signed(
+    service: tuple[RunningService, SmtpSink],
+) -> None:
+    running, sink = service
+    creds = running.credentials
+    client = sdk.EmailClient.from_connection_string(creds["connectionString"])
+
+    result = client.begin_send(rich_message(creds["senderAddress"])).result()
+
+    assert result["status"] == "Succeeded"
+    [received] = sink.wait_for(1, timeout=30)
+    assert sorted(received.recipients) == [
+        "ann@example.test", "carl@example.test", "hidden@example.test"]
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed["Subject"] == "Grüße – 日本語 ✓"
+    assert parsed["Bcc"] is None and b"hidden@example.test" not in received.data
+    assert parsed["To"].addresses[0].display_name == "Ann Ünïcødé"
+    files = {part.get_filename(): part.get_content() for part in parsed.walk()
+             if part.get_filename()}
+    assert files == {"Überweisung März.pdf": PDF, "logo.png": PNG}
+    inline = next(p for p in parsed.walk() if p["Content-ID"])
+    assert inline["Content-ID"] == "<logo>"
+    record = creds["dkim"]["value"].encode()
+    assert dkim.verify(received.data, dnsfunc=lambda name, timeout=5: record)
+
+
+def test_the_same_operation_id_twice_delivers_one_message(
+    service: tuple[RunningService, SmtpSink],
+) -> None:
+    running, sink = service
+    creds = running.credentials
+    client = sdk.EmailClient.from_connection_string(creds["connectionString"])
+    message = {
+        "senderAddress": creds["senderAddress"],
+        "recipients": {"to": [{"address": "once@example.test"}]},
+        "content": {"subject": "once", "plainText": "only one copy"},
+    }
+    operation_id = str(uuid.uuid4())
+
+    first = client.begin_send(message, operation_id=operation_id).result()
+    second = client.begin_send(message, operation_id=operation_id).result()
+
+    assert first["id"] == second["id"] == operation_id
+    assert second["status"] == "Succeeded"
+    sink.wait_for(1, timeout=30)
+    assert len(running.cli_json("messages", "list")) == 1
+    assert len(sink.messages()) == 1
+
+
+def test_refusals_are_acs_shaped(service: tuple[RunningService, SmtpSink]) -> None:
+    running, _sink = service
+    creds = running.credentials
+    endpoint, key = parse_connection_string(creds["connectionString"])
+    ca = creds["caCertificate"]
+    context = ssl.create_default_context(cafile=ca)
+    with httpx.Client(base_url=endpoint, verify=context, timeout=10) as http:
+        unsigned = http.post("/emails:send?api-version=2025-09-01", json={})
+        no_version = http.post("/emails:send", json={})
+        wrong_key = http.get(
+            "/emails/operations/x?api-version=2025-09-01",
+            headers=signed_headers("GET", endpoint,
+                                   "/emails/operations/x?api-version=2025-09-01",
+                                   b"", base64.b64encode(b"k" * 64).decode()),
+        )
+        unknown = http.get(
+            "/emails/operations/x?api-version=2025-09-01",
+            headers=signed_headers("GET", endpoint,
+                                   "/emails/operations/x?api-version=2025-09-01",
+                                   b"", key),
+        )
+    assert unsigned.status_code == 401
+    assert unsigned.json()["error"]["code"] == "Unauthorized"
+    assert unsigned.headers["x-ms-error-code"] == "Unauthorized"
+    assert no_version.status_code == 400
+    assert no_version.json()["error"]["target"] == "api-version"
+    assert wrong_key.status_code == 401
+    assert wrong_key.json()["error"]["code"] == "Denied"
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "NotFound"
+
+
+def signed_headers(method: str, endpoint: str, path: str, body: bytes, key: str
+                   ) -> dict[str, str]:
+    host = endpoint.split("://", 1)[1]
+    date = email.utils.format_datetime(
+        datetime.datetime.now(datetime.timezone.utc), usegmt=True)
+    digest = content_hash(body)
+    signature = sign(key, string_to_sign(method, path, date, host, digest))
+    return {
+        "x-ms-date": date, "x-ms-content-sha256": digest,
+        "Authorization": "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256"
+        f"&Signature={signature}",
+    }
