@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import email
 import email.policy
 import email.utils
 import ssl
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,8 @@ from mailcarrier.identity.hmac_auth import (
     sign,
     string_to_sign,
 )
-
+from mailcarrier.identity.store import create_resource
+from mailcarrier.storage.db import Database
 from tests.peers.sink import SmtpSink
 from tests.service import RunningService
 
@@ -167,3 +170,54 @@ def signed_headers(method: str, endpoint: str, path: str, body: bytes, key: str
         "Authorization": "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256"
         f"&Signature={signature}",
     }
+
+
+def test_a_request_over_10_mb_is_refused_with_413_before_it_is_read(
+    service: tuple[RunningService, SmtpSink],
+) -> None:
+    running, _sink = service
+    endpoint, _key = parse_connection_string(running.credentials["connectionString"])
+    context = ssl.create_default_context(cafile=running.credentials["caCertificate"])
+    with httpx.Client(base_url=endpoint, verify=context, timeout=30) as http:
+        reply = http.post("/emails:send?api-version=2025-09-01",
+                          content=b"x" * (10 * 1024 * 1024 + 1))
+    assert reply.status_code == 413
+    assert reply.json()["error"]["code"] == "RequestEntityTooLarge"
+
+
+def test_another_resources_keys_cannot_see_an_operation(
+    service: tuple[RunningService, SmtpSink],
+) -> None:
+    running, _sink = service
+    creds = running.credentials
+    client = sdk.EmailClient.from_connection_string(creds["connectionString"])
+    operation_id = str(uuid.uuid4())
+    client.begin_send({
+        "senderAddress": creds["senderAddress"],
+        "recipients": {"to": [{"address": "ann@example.test"}]},
+        "content": {"subject": "mine", "plainText": "mine"},
+    }, operation_id=operation_id).result()
+    other_key = add_resource(running, "other")
+    endpoint, _key = parse_connection_string(creds["connectionString"])
+    path = f"/emails/operations/{operation_id}?api-version=2025-09-01"
+    context = ssl.create_default_context(cafile=creds["caCertificate"])
+    with httpx.Client(base_url=endpoint, verify=context, timeout=10) as http:
+        reply = http.get(path, headers=signed_headers("GET", endpoint, path, b"",
+                                                      other_key))
+    assert reply.status_code == 404
+
+
+def add_resource(running: RunningService, name: str) -> str:
+    """A second resource in the service's database; its primary key."""
+
+    async def make() -> str:
+        db = Database(f"sqlite+aiosqlite:///{running.folder / 'data' / 'mailcarrier.db'}")
+        try:
+            async with db.write() as conn:
+                return (await create_resource(conn, name)).primary_key
+        finally:
+            await db.close()
+
+    key = asyncio.run(make())
+    time.sleep(5.5)  # the service reads resources' keys every 5 seconds
+    return key

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 API_VERSIONS = ("2023-03-31", "2024-07-01-preview", "2025-09-01")
 KEYS_CACHE_SECONDS = 5.0
 POLL_AFTER_SECONDS = 1
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,20 @@ class KeyRing:
             ]
             self._expires = time.monotonic() + KEYS_CACHE_SECONDS
         return self._resources
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The raw body, or None as soon as it is known to exceed ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def error_response(error: ApiError | HmacError, *, status: int | None = None
@@ -139,7 +154,13 @@ def create_app(settings: Settings, db: Database, acceptor: StoreAcceptor) -> Fas
     async def send(request: Request) -> Response:
         if (problem := version_problem(request)) is not None:
             return problem
-        body = await request.body()
+        body = await _read_body(request, MAX_REQUEST_BYTES)
+        if body is None:
+            return api_error(
+                413, "RequestEntityTooLarge",
+                f"the request is larger than {MAX_REQUEST_BYTES} bytes; send "
+                "smaller attachments (10 MB in all, base64 included)",
+            )
         try:
             principal = await authenticate(request, body)
             email, extras = parse_send_request(body, request.headers)
