@@ -221,3 +221,34 @@ def add_resource(running: RunningService, name: str) -> str:
     key = asyncio.run(make())
     time.sleep(5.5)  # the service reads resources' keys every 5 seconds
     return key
+
+
+def test_mailcarrier_send_goes_through_the_api_and_waits_for_the_result(
+    service: tuple[RunningService, SmtpSink], tmp_path: Path
+) -> None:
+    running, sink = service
+    attachment = tmp_path / "notes.txt"
+    attachment.write_bytes(b"line one\nline two\n")
+
+    result = running.cli("send", "--to", "ann@example.test", "--subject", "from cli",
+                         "--text", "hello", "--attach", str(attachment))
+
+    assert "Succeeded" in result.stdout
+    [received] = sink.wait_for(1, timeout=30)
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed["Subject"] == "from cli"
+    [part] = [p for p in parsed.walk() if p.get_filename()]
+    assert part.get_filename() == "notes.txt"
+    assert part.get_content() in ("line one\nline two\n", b"line one\nline two\n")
+
+
+def test_mailcarrier_send_says_why_a_sender_is_refused(
+    service: tuple[RunningService, SmtpSink],
+) -> None:
+    running, _sink = service
+    result = running.cli("send", "--to", "ann@example.test", "--subject", "x",
+                         "--text", "x", "--from", "someone@elsewhere.test",
+                         check=False)
+    assert result.returncode == 1
+    assert "400 BadRequest" in result.stderr
+    assert "elsewhere.test" in result.stderr

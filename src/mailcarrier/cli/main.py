@@ -150,6 +150,69 @@ def serve(
         raise typer.Exit(1) from exc
 
 
+@app.command("send")
+def send_command(
+    to: Annotated[list[str], typer.Option("--to", help="Recipient (repeatable).")],
+    subject: Annotated[str, typer.Option(help="Subject line.")],
+    text: Annotated[str | None, typer.Option("--text", help="Plain text body.")] = None,
+    html: Annotated[str | None, typer.Option("--html", help="HTML body.")] = None,
+    attach: Annotated[list[Path] | None, typer.Option(
+        "--attach", help="File to attach (repeatable).", exists=True,
+        dir_okay=False)] = None,
+    sender: Annotated[str, typer.Option(
+        "--from", help="Sender address (default: the resource's first).")] = "",
+    resource: Annotated[str, typer.Option(help="Communication resource.")] = "default",
+) -> None:
+    """Send one message through the REST API and wait for its operation."""
+    from mailcarrier.api.client import SendFailed, message_body, send
+
+    settings = _settings()
+    if text is None and html is None:
+        err.print("give --text or --html (or both)")
+        raise typer.Exit(2)
+    found = _with_db(settings, lambda db: _send_identity(settings, db, resource))
+    endpoint, key, default_sender, ca_file = found
+    body = message_body(sender=sender or default_sender, to=to, subject=subject,
+                        text=text, html=html, attachments=attach or [])
+    try:
+        operation, status = send(endpoint, key, body, ca_file=ca_file)
+    except SendFailed as exc:
+        err.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except OSError as exc:
+        err.print(f"cannot reach the API at {endpoint}: {exc}; is `mailcarrier "
+                  "serve` running?")
+        raise typer.Exit(1) from exc
+    console.print(f"operation {operation}: {status}")
+    if status != "Succeeded":
+        raise typer.Exit(1)
+
+
+async def _send_identity(
+    settings: Settings, db: Database, resource_name: str
+) -> tuple[str, str, str, str | None]:
+    from mailcarrier.bootstrap import public_host
+    from mailcarrier.domains.store import MANAGED_SENDER_DISPLAY, domains_of_resource
+    from mailcarrier.identity.store import resource_by_name
+
+    async with db.read() as conn:
+        resource = await resource_by_name(conn, resource_name)
+        if resource is None:
+            err.print(f"no resource {resource_name!r}; run `mailcarrier init`")
+            raise typer.Exit(1)
+        owned = await domains_of_resource(conn, resource.id)
+    if not owned:
+        err.print(f"resource {resource_name!r} has no domain to send from")
+        raise typer.Exit(1)
+    host = public_host(settings, settings.api_address)
+    host = f"[{host}]" if ":" in host else host
+    endpoint = f"https://{host}:{settings.api_address.port}"
+    ca = settings.data_dir / "tls" / "ca.pem"
+    sender = f"{MANAGED_SENDER_DISPLAY}@{owned[0].name}"
+    ca_file = str(ca) if not settings.tls_cert and ca.exists() else None
+    return endpoint, resource.primary_key, sender, ca_file
+
+
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date (serve does this too)."""
