@@ -46,7 +46,7 @@ _MESSAGE_COLUMNS = [
 async def list_messages(
     db: Database, *, status: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
-    async with db.read() as conn:
+    async with db.snapshot() as conn:
         query = select(*_MESSAGE_COLUMNS).order_by(messages.c.created_at.desc())
         if status:
             query = query.where(messages.c.status == status)
@@ -64,7 +64,7 @@ async def list_messages(
 
 
 async def show_message(db: Database, message_id: str) -> dict[str, Any] | None:
-    async with db.read() as conn:
+    async with db.snapshot() as conn:
         row = (
             await conn.execute(
                 select(*_MESSAGE_COLUMNS).where(messages.c.id == message_id)

@@ -122,14 +122,24 @@ async def submit(setup: dict[str, Any], db: Database, worker: DeliveryWorker | N
 
 
 async def settled(db: Database, message_id: str, timeout: float = 5.0) -> dict:
+    """The message once nothing is leased, read the same twice in a row.
+
+    ``show_message`` reads the message, its recipients and its queue entries
+    in separate statements, so one reading may straddle a commit; two equal
+    readings in a row cannot.
+    """
     deadline = time.monotonic() + timeout
+    previous = None
     while True:
         shown = await show_message(db, message_id)
         assert shown is not None
         if shown["status"] not in ("Queued",) and all(
             e["state"] != "leased" for e in shown["queue"]
         ):
-            return shown
+            if shown == previous:
+                return shown
+            previous = shown
+            continue
         if time.monotonic() > deadline:
             raise AssertionError(shown)
         await asyncio.sleep(0.02)

@@ -94,6 +94,19 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """Reads that all see the database as of one moment.
+
+        Plain reads run each statement on its own, so a page built from
+        several of them may straddle a commit; this one does not.
+        """
+        async with self.reader.connect() as conn:
+            if not self.is_sqlite:
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed on success, rolled back on error."""
         if self._write_lock_path is None:
