@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import email
 import email.policy
-import email.utils
+
 import ssl
 import time
 import uuid
@@ -18,12 +17,8 @@ import dkim
 import httpx
 import pytest
 
-from mailcarrier.identity.hmac_auth import (
-    content_hash,
-    parse_connection_string,
-    sign,
-    string_to_sign,
-)
+from mailcarrier.api.client import signed_headers
+from mailcarrier.identity.hmac_auth import parse_connection_string
 from mailcarrier.identity.store import create_resource
 from mailcarrier.storage.db import Database
 from tests.peers.sink import SmtpSink
@@ -156,20 +151,6 @@ def test_refusals_are_acs_shaped(service: tuple[RunningService, SmtpSink]) -> No
     assert wrong_key.json()["error"]["code"] == "Denied"
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "NotFound"
-
-
-def signed_headers(method: str, endpoint: str, path: str, body: bytes, key: str
-                   ) -> dict[str, str]:
-    host = endpoint.split("://", 1)[1]
-    date = email.utils.format_datetime(
-        datetime.datetime.now(datetime.timezone.utc), usegmt=True)
-    digest = content_hash(body)
-    signature = sign(key, string_to_sign(method, path, date, host, digest))
-    return {
-        "x-ms-date": date, "x-ms-content-sha256": digest,
-        "Authorization": "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256"
-        f"&Signature={signature}",
-    }
 
 
 def test_a_request_over_10_mb_is_refused_with_413_before_it_is_read(

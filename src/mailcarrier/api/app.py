@@ -98,15 +98,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def error_response(error: ApiError | HmacError, *, status: int | None = None
-                   ) -> JSONResponse:
+def error_response(error: ApiError | HmacError) -> JSONResponse:
+    """The ACS error body and ``x-ms-error-code`` header for a refusal."""
     if isinstance(error, HmacError):
-        body = {"error": {"code": error.code, "message": error.message,
-                          "target": None, "details": [], "innererror": None}}
-        code, status = error.code, status or error.status
-    else:
-        body, code, status = error.body(), error.code, status or error.status
-    return JSONResponse(body, status_code=status, headers={"x-ms-error-code": code})
+        error = ApiError(error.status, error.code, error.message)
+    return JSONResponse(error.body(), status_code=error.status,
+                        headers={"x-ms-error-code": error.code})
 
 
 def api_error(status: int, code: str, message: str, target: str | None = None

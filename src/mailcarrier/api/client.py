@@ -54,8 +54,9 @@ def _attachment(path: Path) -> dict[str, str]:
     }
 
 
-def _signed(method: str, endpoint: str, path: str, body: bytes, key: str
-            ) -> dict[str, str]:
+def signed_headers(method: str, endpoint: str, path: str, body: bytes, key: str
+                   ) -> dict[str, str]:
+    """HMAC headers for one request, as the ACS SDK signs it."""
     host = endpoint.split("://", 1)[1].rstrip("/")
     date = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc), usegmt=True)
     digest = content_hash(body)
@@ -79,7 +80,7 @@ def send(endpoint: str, key: str, body: dict[str, Any], *, ca_file: str | None,
     path = f"/emails:send?api-version={API_VERSION}"
     with httpx.Client(base_url=endpoint, verify=verify, timeout=30) as http:
         reply = http.post(path, content=raw,
-                          headers=_signed("POST", endpoint, path, raw, key))
+                          headers=signed_headers("POST", endpoint, path, raw, key))
         if reply.status_code != 202:
             raise SendFailed(_error_text(reply))
         operation = reply.json()["id"]
@@ -87,7 +88,8 @@ def send(endpoint: str, key: str, body: dict[str, Any], *, ca_file: str | None,
         deadline = time.monotonic() + timeout
         while True:
             reply = http.get(status_path,
-                             headers=_signed("GET", endpoint, status_path, b"", key))
+                             headers=signed_headers("GET", endpoint, status_path,
+                                                    b"", key))
             if reply.status_code != 200:
                 raise SendFailed(_error_text(reply))
             status = reply.json()["status"]
