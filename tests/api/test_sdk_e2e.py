@@ -6,7 +6,6 @@ import asyncio
 import base64
 import email
 import email.policy
-
 import ssl
 import time
 import uuid
